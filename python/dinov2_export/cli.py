@@ -1,0 +1,63 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`dinov2-export`: official or Hugging Face DINOv2 weights to a TorchScript file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from . import __version__
+from .export import DTYPES, check, timed_export
+from .variants import VARIANTS
+from .weights import WeightsError, load_weights
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dinov2-export",
+        description="Export a DINOv2 backbone to a TorchScript file with dynamic batch and "
+        "resolution, or check an exported file (--check).",
+    )
+    p.add_argument("--model", choices=sorted(VARIANTS), help="variant; inferred from the weights if omitted")
+    p.add_argument(
+        "--weights",
+        help="official .pth, Hugging Face model.safetensors or model folder, or 'random'",
+    )
+    p.add_argument("--output", type=Path, help="the TorchScript file to write")
+    p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default 0)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--depth", type=int, help="block count of a reduced model (tests only)")
+    p.add_argument("--check", type=Path, metavar="FILE", help="compare FILE with the eager model")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.check is not None:
+            if not args.check.exists():
+                raise WeightsError(f"{args.check} does not exist")
+            errors = check(args.check)
+            worst = max(errors.values())
+            for name, err in errors.items():
+                print(f"{name:>24}: max abs error {err:.3e}")
+            print(f"max abs error {worst:.3e}")
+            return 0 if worst <= 1e-4 else 1
+        if args.weights is None or args.output is None:
+            raise WeightsError("--weights and --output are required (or use --check FILE)")
+        w = load_weights(args.weights, args.model, seed=args.seed, depth=args.depth)
+        if w.source == "random":
+            print(f"note: {w.variant.name} with RANDOM weights (seed {args.seed})", file=sys.stderr)
+        meta, seconds = timed_export(w, args.output, args.dtype)
+        size = args.output.stat().st_size
+        print(
+            f"wrote {args.output}: {meta['variant']} ({meta['depth']} blocks, {meta['dtype']}, "
+            f"{w.source} weights) {size / 1e6:.1f} MB in {seconds:.1f} s"
+        )
+        return 0
+    except (WeightsError, ValueError, OSError) as e:
+        print(f"dinov2-export: error: {e}", file=sys.stderr)
+        return 2
