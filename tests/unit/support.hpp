@@ -1,0 +1,55 @@
+// SPDX-License-Identifier: Apache-2.0
+// Shared helpers for the Catch2 tests: the Catch2 v2/v3 include, reference tensors written by the
+// Python generators in tests/refgen/, and paths.
+#pragma once
+
+#if DINOV2_CATCH_V3
+#include <catch2/catch_approx.hpp>
+#include <catch2/catch_test_macros.hpp>
+#include <catch2/generators/catch_generators.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
+#else
+#include <catch2/catch.hpp>
+#endif
+
+#include <torch/serialize.h>
+
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace dinov2::test {
+
+/// @brief Folder where the CTest fixture writes exported models and reference tensors.
+inline std::string data_dir() { return DINOV2_TESTDATA; }
+inline std::string data_path(const std::string& name) { return data_dir() + "/" + name; }
+inline std::string source_path(const std::string& name) {
+  return std::string(DINOV2_SOURCE_DIR) + "/" + name;
+}
+
+/// @brief Reads a `torch.save({name: tensor, ...}, path)` file written by a generator.
+inline std::map<std::string, at::Tensor> load_tensors(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("test data missing: " + path + " (run the refgen fixture)");
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto value = torch::pickle_load(bytes);
+  std::map<std::string, at::Tensor> out;
+  for (const auto& item : value.toGenericDict()) {
+    out.emplace(item.key().toStringRef(), item.value().toTensor());
+  }
+  return out;
+}
+
+/// @brief Largest absolute difference, computed in float32 on the CPU.
+inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) {
+    throw std::runtime_error("shape mismatch in max_abs_diff");
+  }
+  if (a.numel() == 0) return 0.0;
+  return (a.cpu().to(at::kFloat) - b.cpu().to(at::kFloat)).abs().max().item<double>();
+}
+
+}  // namespace dinov2::test
