@@ -61,3 +61,49 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (WeightsError, ValueError, OSError) as e:
         print(f"dinov2-export: error: {e}", file=sys.stderr)
         return 2
+
+
+# -- dinov2-export-head ----------------------------------------------------------------------
+
+
+def head_parser() -> argparse.ArgumentParser:
+    from .heads import DEPTH_RANGES, KINDS
+
+    kinds = ", ".join(f"{k.name} ({'/'.join(k.datasets)})" for k in KINDS.values())
+    p = argparse.ArgumentParser(
+        prog="dinov2-export-head",
+        description="Export an official DINOv2 linear head (or a seeded random one) to a "
+        f"TorchScript head file for the dinov2 C++ library. Kinds and datasets: {kinds}.",
+    )
+    p.add_argument("--kind", required=True, choices=list(KINDS))
+    p.add_argument("--backbone", required=True, choices=sorted(VARIANTS),
+                   help="the backbone the head was trained on")
+    p.add_argument("--dataset", help="training set of the head; default: the kind's first")
+    p.add_argument("--weights", required=True, help="official head .pth, or 'random'")
+    p.add_argument("--output", required=True, type=Path, help="the head file to write")
+    p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default 0)")
+    ranges = ", ".join(f"{k} {lo:g}-{hi:g}" for k, (lo, hi) in DEPTH_RANGES.items())
+    p.add_argument("--min-depth", type=float, help=f"depth heads: first bin in metres ({ranges})")
+    p.add_argument("--max-depth", type=float, help="depth heads: last bin in metres "
+                   "(the official hub constructor uses 80 for every dataset)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def head_main(argv: Optional[List[str]] = None) -> int:
+    from .heads import HeadError, export_head, load_head_weights
+
+    args = head_parser().parse_args(argv)
+    try:
+        hw = load_head_weights(args.weights, args.kind, args.backbone, args.dataset, args.seed)
+        if hw.source == "random":
+            print(f"note: {args.kind} head with RANDOM weights (seed {args.seed})", file=sys.stderr)
+        meta = export_head(hw, args.output, args.min_depth, args.max_depth)
+        print(
+            f"wrote {args.output}: {meta['head']} head ({meta['kind']}) for {meta['variant']} on "
+            f"{meta['dataset']}, blocks {meta['blocks']}, {hw.source} weights"
+        )
+        return 0
+    except (HeadError, ValueError, OSError) as e:
+        print(f"dinov2-export-head: error: {e}", file=sys.stderr)
+        return 2
