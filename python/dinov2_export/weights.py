@@ -112,6 +112,17 @@ _HF_RENAME = {
     "mlp.weights_in.bias": "mlp.w12.bias",
     "mlp.weights_out.weight": "mlp.w3.weight",
     "mlp.weights_out.bias": "mlp.w3.bias",
+    # transformers >= 5 names in memory (its saved files keep the names above)
+    "attention.o_proj.weight": "attn.proj.weight",
+    "attention.o_proj.bias": "attn.proj.bias",
+    "mlp.down_proj.weight": "mlp.w3.weight",
+    "mlp.down_proj.bias": "mlp.w3.bias",
+}
+# Pieces that are concatenated along the output dimension, in order.
+_HF_SPLIT = {
+    "qkv": (("attention.attention.query", "attention.attention.key", "attention.attention.value"),
+            ("attention.q_proj", "attention.k_proj", "attention.v_proj")),
+    "w12": (("mlp.gate_proj", "mlp.up_proj"),),
 }
 _HF_TOP = {
     "embeddings.cls_token": "cls_token",
@@ -128,7 +139,7 @@ _HF_TOP = {
 def official_from_hf(hf: StateDict) -> StateDict:
     """Rename Hugging Face Dinov2Model / Dinov2WithRegistersModel keys to official ones."""
     sd: StateDict = {}
-    qkv: Dict[int, Dict[str, Tensor]] = {}
+    pieces: Dict[tuple, Dict[str, Tensor]] = {}
     for key, value in hf.items():
         for prefix in ("dinov2.", "model."):
             if key.startswith(prefix):
@@ -142,23 +153,27 @@ def official_from_hf(hf: StateDict) -> StateDict:
         if m is None:
             raise WeightsError(f"unexpected key {key!r} in the Hugging Face checkpoint")
         i, rest = int(m.group(1)), m.group(2)
-        part = re.match(r"^attention\.attention\.(query|key|value)\.(weight|bias)$", rest)
-        if part:
-            qkv.setdefault(i, {})[f"{part.group(1)}.{part.group(2)}"] = value
-        elif rest in _HF_RENAME:
+        if rest in _HF_RENAME:
             sd[f"blocks.{i}.{_HF_RENAME[rest]}"] = value
+            continue
+        piece, _, kind = rest.rpartition(".")
+        if kind in ("weight", "bias") and any(piece in names for g in _HF_SPLIT.values() for names in g):
+            pieces.setdefault((i, kind), {})[piece] = value
         else:
             raise WeightsError(f"unexpected key {key!r} in the Hugging Face checkpoint")
-    for i, parts in sorted(qkv.items()):
-        for kind in ("weight", "bias"):
-            names = [f"{p}.{kind}" for p in ("query", "key", "value")]
-            missing = [n for n in names if n not in parts]
-            if missing:
-                raise WeightsError(
-                    f"missing key 'encoder.layer.{i}.attention.attention.{missing[0]}' "
-                    "in the Hugging Face checkpoint"
-                )
-            sd[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts[n] for n in names], dim=0)
+    for (i, kind), found in sorted(pieces.items()):
+        for target, groups in _HF_SPLIT.items():
+            for names in groups:
+                if not any(n in found for n in names):
+                    continue
+                missing = [n for n in names if n not in found]
+                if missing:
+                    raise WeightsError(
+                        f"missing key 'encoder.layer.{i}.{missing[0]}.{kind}' "
+                        "in the Hugging Face checkpoint"
+                    )
+                prefix = "attn" if target == "qkv" else "mlp"
+                sd[f"blocks.{i}.{prefix}.{target}.{kind}"] = torch.cat([found[n] for n in names])
     return sd
 
 
@@ -328,7 +343,9 @@ def build_model(w: LoadedWeights) -> DinoV2:
 def to_huggingface(sd: StateDict) -> StateDict:
     """Official names to Hugging Face names (used to write test checkpoints)."""
     inv_top = {v: k for k, v in _HF_TOP.items()}
-    inv_layer = {v: k for k, v in _HF_RENAME.items()}
+    inv_layer: Dict[str, str] = {}
+    for k, v in _HF_RENAME.items():
+        inv_layer.setdefault(v, k)  # the first spelling is the one saved files use
     out: StateDict = {}
     for key, value in sd.items():
         if key in inv_top:
