@@ -1,2 +1,517 @@
 // SPDX-License-Identifier: Apache-2.0
-// Placeholder until this part lands.
+// Model: loading a dinov2-export TorchScript file, checking its metadata, and running it.
+#include "dinov2/model.hpp"
+
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/util/StringUtil.h>
+#include <torch/cuda.h>
+#include <torch/script.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <utility>
+
+#include "dinov2/error.hpp"
+#include "dinov2/version.hpp"
+
+namespace dinov2 {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kMetadataFile = "dinov2/metadata.json";
+constexpr const char* kHeadMetadataFile = "dinov2/head.json";
+
+/// 98536 -> "98,536", as in the token-cap message.
+std::string with_commas(int64_t n) {
+  std::string digits = std::to_string(n < 0 ? -n : n);
+  std::string out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return n < 0 ? "-" + out : out;
+}
+
+/// The useful line of a c10::Error: the dinov2 message raised by the scripted module when there
+/// is one, else the first line without LibTorch's backtrace.
+std::string torch_message(const c10::Error& e) {
+  std::string msg = e.what_without_backtrace();
+  const auto ours = msg.rfind("dinov2:");
+  if (ours != std::string::npos) msg = msg.substr(ours);
+  const auto eol = msg.find('\n');
+  if (eol != std::string::npos) msg = msg.substr(0, eol);
+  return msg;
+}
+
+/// Runs `f`, turning LibTorch exceptions into dinov2::Error (dinov2 errors pass through).
+template <class F>
+auto translate_errors(const std::string& what, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const c10::OutOfMemoryError& e) {
+    throw Error(ErrorCode::kRuntime,
+                c10::str("dinov2: out of memory while ", what, ": ", torch_message(e),
+                         "; use a smaller batch or input, or lower Options::max_tokens"));
+  } catch (const c10::Error& e) {
+    const std::string msg = torch_message(e);
+    if (msg.rfind("dinov2:", 0) == 0) throw InputError(msg);
+    throw Error(ErrorCode::kRuntime, c10::str("dinov2: LibTorch failed while ", what, ": ", msg));
+  }
+}
+
+at::ScalarType scalar_type(DType d) {
+  switch (d) {
+    case DType::kBFloat16:
+      return at::kBFloat16;
+    case DType::kFloat16:
+      return at::kHalf;
+    default:
+      return at::kFloat;
+  }
+}
+
+// -- metadata ---------------------------------------------------------------------------------
+
+[[noreturn]] void bad_metadata(const std::string& path, const std::string& problem) {
+  throw ModelFileError(c10::str("dinov2: '", path, "' has invalid metadata (", kMetadataFile,
+                                "): ", problem, "; re-export it with dinov2-export"));
+}
+
+template <class T>
+T required(const json& j, const char* key, const std::string& path) {
+  if (!j.contains(key)) bad_metadata(path, c10::str("the field '", key, "' is missing"));
+  try {
+    return j.at(key).get<T>();
+  } catch (const json::exception&) {
+    bad_metadata(path,
+                 c10::str("the field '", key, "' has the wrong type (", j.at(key).dump(), ")"));
+  }
+}
+
+template <class T>
+T optional(const json& j, const char* key, T fallback, const std::string& path) {
+  if (!j.contains(key) || j.at(key).is_null()) return fallback;
+  return required<T>(j, key, path);
+}
+
+ModelInfo parse_metadata(const std::string& text, const std::string& path) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    bad_metadata(path, c10::str("not valid JSON (", e.what(), ")"));
+  }
+  if (!j.is_object()) bad_metadata(path, "not a JSON object");
+
+  const auto format = required<std::string>(j, "format", path);
+  if (format != "dinov2-backbone") {
+    throw ModelFileError(c10::str("dinov2: '", path, "' holds a '", format,
+                                  "' file, not a 'dinov2-backbone'; Model::load needs a backbone "
+                                  "exported with dinov2-export"));
+  }
+  ModelInfo info;
+  info.format_version = required<int>(j, "format_version", path);
+  info.exporter_version = optional<std::string>(j, "exporter_version", "unknown", path);
+  if (info.format_version > kFormatVersion) {
+    throw ModelFileError(c10::str(
+        "dinov2: '", path, "' uses file format version ", info.format_version,
+        " (written by dinov2-export ", info.exporter_version, "), but this dinov2 library (",
+        kVersion, ") reads format versions up to ", kFormatVersion,
+        "; upgrade the dinov2 library, or re-export the model with dinov2-export ", kVersion));
+  }
+  if (info.format_version < 1) {
+    bad_metadata(path, c10::str("format_version ", info.format_version, " is not a valid version"));
+  }
+  info.variant = required<std::string>(j, "variant", path);
+  info.embed_dim = required<int64_t>(j, "embed_dim", path);
+  info.depth = required<int64_t>(j, "depth", path);
+  info.num_heads = required<int64_t>(j, "num_heads", path);
+  info.patch_size = required<int64_t>(j, "patch_size", path);
+  info.num_register_tokens = required<int64_t>(j, "num_register_tokens", path);
+  info.ffn = optional<std::string>(j, "ffn", "mlp", path);
+  const auto grid = optional<std::vector<int64_t>>(j, "pos_grid", {37, 37}, path);
+  if (grid.size() != 2) bad_metadata(path, "pos_grid must hold two numbers");
+  info.pos_grid_h = grid[0];
+  info.pos_grid_w = grid[1];
+  const auto mean = required<std::vector<float>>(j, "mean", path);
+  const auto stdev = required<std::vector<float>>(j, "std", path);
+  if (mean.size() != 3 || stdev.size() != 3) bad_metadata(path, "mean and std must hold 3 numbers");
+  std::copy(mean.begin(), mean.end(), info.mean.begin());
+  std::copy(stdev.begin(), stdev.end(), info.std.begin());
+  info.default_resolution = optional<int64_t>(j, "default_resolution", 518, path);
+  info.dtype = required<std::string>(j, "dtype", path);
+  info.torch_version = optional<std::string>(j, "torch_version", "unknown", path);
+  if (j.contains("weights") && j["weights"].is_object()) {
+    info.weights_source = optional<std::string>(j["weights"], "source", "", path);
+    info.weights_sha256 = optional<std::string>(j["weights"], "sha256", "", path);
+  }
+  info.metadata_json = text;
+
+  if (info.embed_dim <= 0 || info.depth <= 0 || info.num_heads <= 0 || info.patch_size <= 0 ||
+      info.num_register_tokens < 0) {
+    bad_metadata(path, c10::str("embed_dim ", info.embed_dim, ", depth ", info.depth,
+                                ", num_heads ", info.num_heads, ", patch_size ", info.patch_size,
+                                " and num_register_tokens ", info.num_register_tokens,
+                                " are not a valid architecture"));
+  }
+  if (info.dtype != "float32" && info.dtype != "bfloat16" && info.dtype != "float16") {
+    bad_metadata(path, c10::str("dtype '", info.dtype, "' is not float32, bfloat16 or float16"));
+  }
+  return info;
+}
+
+// -- loading ----------------------------------------------------------------------------------
+
+void check_file(const std::string& path) {
+  namespace fs = std::filesystem;
+  if (path.empty()) throw ModelFileError("dinov2: no model path given");
+  std::error_code ec;
+  if (!fs::exists(path, ec)) {
+    throw ModelFileError(
+        c10::str("dinov2: model file '", path,
+                 "' does not exist; export one with dinov2-export (see weights/README.md)"));
+  }
+  if (fs::is_directory(path, ec)) {
+    throw ModelFileError(c10::str("dinov2: '", path,
+                                  "' is a directory; give the .pt file written by dinov2-export"));
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    throw ModelFileError(c10::str("dinov2: cannot open model file '", path, "' for reading"));
+  char magic[4] = {0, 0, 0, 0};
+  in.read(magic, 4);
+  // TorchScript archives are zip files.
+  if (in.gcount() < 4 || magic[0] != 'P' || magic[1] != 'K' || magic[2] != 3 || magic[3] != 4) {
+    throw ModelFileError(c10::str(
+        "dinov2: '", path,
+        "' is not a TorchScript archive (no zip header); give a file written by dinov2-export"));
+  }
+}
+
+void check_device(const Options& o) {
+  if (o.device != Device::kCUDA) return;
+  if (!torch::cuda::is_available()) {
+    throw DeviceError(
+        "dinov2: Options::device is CUDA, but LibTorch sees no CUDA device (a CPU-only LibTorch "
+        "build, no GPU, or no driver); use Device::kCPU or a CUDA build of LibTorch");
+  }
+  const int64_t count = torch::cuda::device_count();
+  if (o.device_index < 0 || o.device_index >= count) {
+    throw DeviceError(c10::str("dinov2: Options::device_index is ", o.device_index, ", but there ",
+                               count == 1 ? "is" : "are", " ", count, " CUDA device",
+                               count == 1 ? "" : "s", " (indices 0..", count - 1, ")"));
+  }
+}
+
+c10::Device torch_device(const Options& o) {
+  return o.device == Device::kCUDA
+             ? c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(o.device_index))
+             : c10::Device(c10::DeviceType::CPU);
+}
+
+}  // namespace
+
+// -- Features ---------------------------------------------------------------------------------
+
+at::Tensor Features::pooled() const {
+  if (!cls.defined() || !patches.defined()) {
+    throw Error(ErrorCode::kInvalidArgument, "dinov2: Features::pooled() on empty features");
+  }
+  return translate_errors("pooling features", [&] {
+    return at::cat({cls, patches.mean({1, 2})}, -1);
+  });
+}
+
+Features Features::normalized() const {
+  return translate_errors("normalising features", [&] {
+    auto l2 = [](const at::Tensor& t) {
+      if (!t.defined() || t.numel() == 0) return t;
+      return t / t.norm(2, {-1}, /*keepdim=*/true).clamp_min(1e-12);
+    };
+    Features out;
+    out.cls = l2(cls);
+    out.registers = l2(registers);
+    out.patches = l2(patches);
+    out.prenorm = prenorm;
+    out.grids = grids;
+    return out;
+  });
+}
+
+Features Features::cpu() const {
+  return translate_errors("copying features to the CPU", [&] {
+    auto host = [](const at::Tensor& t) { return t.defined() ? t.cpu() : t; };
+    Features out;
+    out.cls = host(cls);
+    out.registers = host(registers);
+    out.patches = host(patches);
+    out.prenorm = host(prenorm);
+    out.grids = grids;
+    return out;
+  });
+}
+
+// -- Model ------------------------------------------------------------------------------------
+
+struct Model::Impl {
+  torch::jit::Module module;
+  ModelInfo info;
+  Options options;
+  c10::Device device{c10::DeviceType::CPU};
+  at::ScalarType dtype = at::kFloat;
+
+  /// Checks a pixel batch and returns its patch grid size {h, w}.
+  std::pair<int64_t, int64_t> check_pixels(const at::Tensor& x) const {
+    if (!x.defined()) throw InputError("dinov2: the pixel tensor is undefined (empty at::Tensor)");
+    if (x.dim() != 4) {
+      throw InputError(c10::str("dinov2: expected a [B, 3, H, W] batch, got a tensor with ",
+                                x.dim(), " dimensions ", x.sizes(),
+                                "; add a batch dimension with unsqueeze(0)"));
+    }
+    if (x.size(1) != 3) {
+      throw InputError(c10::str("dinov2: expected 3 channels (RGB) in dimension 1, got ", x.size(1),
+                                " (shape ", x.sizes(), "); the input must be [B, 3, H, W]"));
+    }
+    if (x.size(0) < 1) throw InputError("dinov2: the batch is empty (B = 0)");
+    if (!at::isFloatingType(x.scalar_type())) {
+      throw InputError(
+          c10::str("dinov2: expected normalised floating-point pixels, got dtype ",
+                   c10::toString(x.scalar_type()),
+                   "; convert and normalise with the Preprocessor (or (x / 255 - mean) / std)"));
+    }
+    const int64_t p = info.patch_size;
+    const int64_t height = x.size(2);
+    const int64_t width = x.size(3);
+    if (height < p || width < p || height % p != 0 || width % p != 0) {
+      auto nearest = [p](int64_t side) { return std::max(p, (side + p / 2) / p * p); };
+      throw InputError(c10::str("dinov2: image size ", height, "x", width,
+                                " (HxW) is not a positive multiple of the patch size ", p,
+                                "; resize or crop to e.g. ", nearest(height), "x", nearest(width)));
+    }
+    const int64_t h = height / p;
+    const int64_t w = width / p;
+    if (h * w > options.max_tokens) {
+      throw InputError(c10::str("dinov2: image is ", height, "x", width, ", which needs ",
+                                with_commas(h * w), " tokens; the limit is ",
+                                with_commas(options.max_tokens), " (Options::max_tokens)"),
+                       ErrorCode::kTooManyTokens);
+    }
+    return {h, w};
+  }
+
+  std::vector<PatchGrid> grids_for(const at::Tensor& x) const {
+    return std::vector<PatchGrid>(
+        static_cast<size_t>(x.size(0)),
+        PatchGrid::for_input(x.size(2), x.size(3), static_cast<int>(info.patch_size)));
+  }
+
+  std::vector<PatchGrid> grids_for(const Batch& batch, int64_t h, int64_t w) const {
+    if (batch.grids.empty()) return grids_for(batch.pixels);
+    if (static_cast<int64_t>(batch.grids.size()) != batch.pixels.size(0)) {
+      throw InputError(c10::str("dinov2: the batch holds ", batch.pixels.size(0), " images but ",
+                                batch.grids.size(), " grids; give one grid per image or none"));
+    }
+    for (size_t i = 0; i < batch.grids.size(); ++i) {
+      const PatchGrid& g = batch.grids[i];
+      if (g.rows != h || g.cols != w || g.patch_size != info.patch_size) {
+        throw InputError(c10::str("dinov2: grid ", i, " is ", g.rows, "x", g.cols, " patches of ",
+                                  g.patch_size, " px, but the pixels make ", h, "x", w,
+                                  " patches of ", info.patch_size, " px"));
+      }
+    }
+    return batch.grids;
+  }
+
+  at::Tensor to_model(const at::Tensor& x) const { return x.to(device, dtype); }
+
+  static at::Tensor to_output(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
+
+  void check_finite(std::initializer_list<at::Tensor> outputs) const {
+    at::Tensor ok;
+    for (const auto& t : outputs) {
+      if (!t.defined() || t.numel() == 0) continue;
+      auto finite = at::isfinite(t).all();
+      ok = ok.defined() ? at::logical_and(ok, finite) : finite;
+    }
+    if (!ok.defined() || ok.item<bool>()) return;
+    if (dtype == at::kHalf) {
+      throw Error(ErrorCode::kRuntime,
+                  "dinov2: the model produced NaN or Inf in float16 (an overflow of the "
+                  "activations); load it with DType::kBFloat16 or DType::kFloat32");
+    }
+    throw Error(ErrorCode::kRuntime,
+                c10::str("dinov2: the model produced NaN or Inf in ", to_string(options.dtype),
+                         "; check the input for NaN or Inf values"));
+  }
+
+  Features run(const at::Tensor& pixels, std::vector<PatchGrid> grids, int64_t h, int64_t w,
+               bool with_prenorm) const {
+    return translate_errors("running the model", [&] {
+      c10::InferenceMode guard;
+      auto out = module.get_method("forward")({to_model(pixels)}).toTuple();
+      const auto& items = out->elements();
+      Features f;
+      f.cls = to_output(items.at(0).toTensor());
+      f.registers = to_output(items.at(1).toTensor());
+      const at::Tensor patches = items.at(2).toTensor();
+      f.patches = to_output(patches).view({patches.size(0), h, w, patches.size(2)});
+      if (with_prenorm) f.prenorm = to_output(items.at(3).toTensor());
+      check_finite({f.cls, f.registers, f.patches});
+      f.grids = std::move(grids);
+      return f;
+    });
+  }
+
+  LayerFeatures run_layers(const at::Tensor& pixels, std::vector<PatchGrid> grids, int64_t h,
+                           int64_t w, const std::vector<int64_t>& blocks, bool norm) const {
+    if (blocks.empty()) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "dinov2: intermediate_layers needs at least one block index");
+    }
+    LayerFeatures lf;
+    for (int64_t b : blocks) {
+      if (b < -info.depth || b >= info.depth) {
+        throw Error(
+            ErrorCode::kInvalidArgument,
+            c10::str("dinov2: block index ", b, " is out of range for a model with ", info.depth,
+                     " blocks (valid: 0..", info.depth - 1, " or -", info.depth, "..-1)"));
+      }
+      lf.indices.push_back(b < 0 ? b + info.depth : b);
+    }
+    return translate_errors("running intermediate_layers", [&] {
+      c10::InferenceMode guard;
+      auto out = module
+                     .get_method("intermediate_layers")(
+                         {to_model(pixels), c10::List<int64_t>(blocks), norm})
+                     .toTuple();
+      const auto patches = out->elements().at(0).toTensorVector();
+      const auto cls = out->elements().at(1).toTensorVector();
+      for (size_t i = 0; i < patches.size(); ++i) {
+        lf.patches.push_back(
+            to_output(patches[i]).view({patches[i].size(0), h, w, patches[i].size(2)}));
+        lf.cls.push_back(to_output(cls[i]));
+      }
+      std::vector<at::Tensor> all(lf.patches);
+      all.insert(all.end(), lf.cls.begin(), lf.cls.end());
+      for (const auto& t : all) check_finite({t});
+      lf.grids = std::move(grids);
+      return lf;
+    });
+  }
+};
+
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Model::Model(Model&&) noexcept = default;
+Model& Model::operator=(Model&&) noexcept = default;
+Model::~Model() = default;
+
+Model Model::load(const std::string& path, Options options) {
+  if (options.max_tokens <= 0) {
+    throw Error(ErrorCode::kInvalidArgument, c10::str("dinov2: Options::max_tokens is ",
+                                                      options.max_tokens, "; it must be positive"));
+  }
+  if (options.threads < 0) {
+    throw Error(ErrorCode::kInvalidArgument,
+                c10::str("dinov2: Options::threads is ", options.threads,
+                         "; use 0 for LibTorch's default or a positive count"));
+  }
+  check_file(path);
+  check_device(options);
+
+  auto impl = std::make_unique<Impl>();
+  torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}, {kHeadMetadataFile, ""}};
+  try {
+    impl->module = torch::jit::load(path, c10::Device(c10::DeviceType::CPU), extra);
+  } catch (const c10::Error& e) {
+    throw ModelFileError(c10::str("dinov2: '", path, "' is not a readable TorchScript archive (",
+                                  torch_message(e),
+                                  "); a file saved with torch.save (a state dict) is not enough: "
+                                  "export the model with dinov2-export"));
+  }
+  if (extra[kMetadataFile].empty()) {
+    if (!extra[kHeadMetadataFile].empty()) {
+      throw ModelFileError(
+          c10::str("dinov2: '", path,
+                   "' is a dinov2 head file, not a backbone; load it with the heads API"));
+    }
+    throw ModelFileError(
+        c10::str("dinov2: '", path, "' is a TorchScript file but not a DINOv2 export (no ",
+                 kMetadataFile, " inside); export the backbone with dinov2-export"));
+  }
+  impl->info = parse_metadata(extra[kMetadataFile], path);
+  for (const char* method : {"forward", "intermediate_layers", "cls_attention"}) {
+    if (!impl->module.find_method(method)) {
+      throw ModelFileError(c10::str("dinov2: '", path, "' has dinov2 metadata but no '", method,
+                                    "' method; re-export it with dinov2-export"));
+    }
+  }
+
+  impl->options = options;
+  impl->device = torch_device(options);
+  impl->dtype = scalar_type(options.dtype);
+  if (options.threads > 0) at::set_num_threads(options.threads);
+  translate_errors("moving the model to its device and dtype", [&] {
+    impl->module.eval();
+    impl->module.to(impl->device, impl->dtype);
+  });
+  if (options.dtype != DType::kFloat32) {
+    // Reduced-precision kernels are not all present on every device: try one patch now so that
+    // the failure is a DeviceError at load time rather than an error in the first call.
+    try {
+      c10::InferenceMode guard;
+      const int64_t p = impl->info.patch_size;
+      impl->module.forward(
+          {at::zeros({1, 3, p, p}, at::TensorOptions().device(impl->device).dtype(impl->dtype))});
+    } catch (const c10::Error& e) {
+      throw DeviceError(c10::str(
+          "dinov2: ", to_string(options.dtype), " inference does not run on ", impl->device.str(),
+          " with this LibTorch (", torch_message(e), "); use DType::kBFloat16 or DType::kFloat32"));
+    }
+  }
+  return Model(std::move(impl));
+}
+
+const ModelInfo& Model::info() const { return impl_->info; }
+const Options& Model::options() const { return impl_->options; }
+
+Features Model::extract_features(const at::Tensor& pixels, bool with_prenorm) const {
+  const auto [h, w] = impl_->check_pixels(pixels);
+  return impl_->run(pixels, impl_->grids_for(pixels), h, w, with_prenorm);
+}
+
+Features Model::extract_features(const Batch& batch, bool with_prenorm) const {
+  const auto [h, w] = impl_->check_pixels(batch.pixels);
+  return impl_->run(batch.pixels, impl_->grids_for(batch, h, w), h, w, with_prenorm);
+}
+
+LayerFeatures Model::intermediate_layers(const at::Tensor& pixels,
+                                         const std::vector<int64_t>& blocks, bool norm) const {
+  const auto [h, w] = impl_->check_pixels(pixels);
+  return impl_->run_layers(pixels, impl_->grids_for(pixels), h, w, blocks, norm);
+}
+
+LayerFeatures Model::intermediate_layers(const Batch& batch, const std::vector<int64_t>& blocks,
+                                         bool norm) const {
+  const auto [h, w] = impl_->check_pixels(batch.pixels);
+  return impl_->run_layers(batch.pixels, impl_->grids_for(batch, h, w), h, w, blocks, norm);
+}
+
+at::Tensor Model::cls_attention(const at::Tensor& pixels) const {
+  const auto grid = impl_->check_pixels(pixels);
+  const int64_t h = grid.first;
+  const int64_t w = grid.second;
+  return translate_errors("running cls_attention", [&] {
+    c10::InferenceMode guard;
+    const at::Tensor attn =
+        impl_->module.get_method("cls_attention")({impl_->to_model(pixels)}).toTensor();
+    at::Tensor out = Impl::to_output(attn).view({attn.size(0), attn.size(1), h, w});
+    impl_->check_finite({out});
+    return out;
+  });
+}
+
+}  // namespace dinov2

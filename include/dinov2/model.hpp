@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief Model: a DINOv2 backbone loaded from a file written by dinov2-export.
+///
+/// Contract: Model is a move-only value that owns its module (RAII); every failure throws a
+/// dinov2::Error (see error.hpp). This header does not include <torch/script.h>.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dinov2/features.hpp"
+#include "dinov2/options.hpp"
+#include "dinov2/patch_grid.hpp"
+
+namespace dinov2 {
+
+/// @brief What a backbone file says about itself: its embedded metadata (docs/FORMAT.md).
+struct ModelInfo {
+  std::string variant;              ///< hub name, e.g. "dinov2_vits14_reg"
+  int64_t embed_dim = 0;            ///< D: token width
+  int64_t depth = 0;                ///< transformer blocks in the file (reduced test models: fewer)
+  int64_t num_heads = 0;            ///< attention heads
+  int64_t patch_size = 0;           ///< pixels per patch side (14)
+  int64_t num_register_tokens = 0;  ///< R: 0 or 4
+  std::string ffn;                  ///< "mlp" or "swiglu"
+  int64_t pos_grid_h = 0;           ///< rows of the trained position-embedding grid (37)
+  int64_t pos_grid_w = 0;           ///< columns of that grid (37)
+  std::array<float, 3> mean{};      ///< RGB normalisation mean expected by the weights
+  std::array<float, 3> std{};       ///< RGB normalisation standard deviation
+  int64_t default_resolution = 0;   ///< square input side the exporter recommends (518)
+  std::string dtype;                ///< parameter dtype in the file ("float32", ...)
+  std::string exporter_version;     ///< version of dinov2-export that wrote the file
+  std::string torch_version;        ///< PyTorch version used by the exporter
+  std::string weights_source;       ///< "official", "huggingface" or "random"
+  std::string weights_sha256;       ///< digest of the source weights
+  std::string metadata_json;        ///< the embedded metadata, verbatim
+  int format_version = 0;           ///< file format version (<= kFormatVersion)
+};
+
+/// @brief A DINOv2 backbone ready for inference.
+///
+/// Thread safety: the inference methods are const and may be called from several threads at
+/// once on one Model (each call runs its own interpreter frame on the shared, read-only module;
+/// tests/unit/test_model.cpp checks that concurrent results equal sequential ones). Loading,
+/// moving and destroying a Model must not race with calls on it.
+///
+/// Inputs: pixels are [B, 3, H, W] normalised RGB (see ModelInfo::mean/std) of any floating dtype
+/// on any device; they are copied to the model's device and dtype. H and W must be positive
+/// multiples of the patch size and (H/14)*(W/14) at most Options::max_tokens. Outputs are float32
+/// on the model's device (Options::device), whatever Options::dtype is.
+class Model {
+ public:
+  /// @brief Loads and checks a backbone file written by dinov2-export.
+  ///
+  /// Throws ModelFileError when the file is missing, not a TorchScript archive, not a dinov2
+  /// backbone export, or of a newer format version than this library reads; DeviceError when the
+  /// device is unavailable or the dtype does not run on it; Error(kInvalidArgument) for bad
+  /// Options values.
+  static Model load(const std::string& path, Options options = {});
+
+  Model(Model&&) noexcept;
+  Model& operator=(Model&&) noexcept;
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+  ~Model();
+
+  /// @brief The file's metadata.
+  const ModelInfo& info() const;
+  /// @brief The options the model was loaded with.
+  const Options& options() const;
+
+  /// @brief Runs the backbone on a batch.
+  /// @param pixels [B, 3, H, W] normalised float pixels, any device.
+  /// @param with_prenorm also return Features::prenorm (costs one more copy).
+  /// @return float32 features on the model's device; grids describe the raw input (no crop).
+  Features extract_features(const at::Tensor& pixels, bool with_prenorm = false) const;
+  /// @brief As above for a preprocessed batch; the features keep batch.grids (which must have one
+  /// grid per image matching the pixel size, or be empty).
+  Features extract_features(const Batch& batch, bool with_prenorm = false) const;
+
+  /// @brief Outputs of the given blocks, as the official get_intermediate_layers with a list.
+  /// @param pixels [B, 3, H, W] normalised float pixels, any device.
+  /// @param blocks 0-based block indices, negative ones counted from the end (-1 = last block);
+  ///        at least one; each in [-depth, depth).
+  /// @param norm pass each output through the final LayerNorm (true for linear heads; the
+  ///        official depth heads use false).
+  /// @return per index: patches [B, h, w, D] and cls [B, D], float32 on the model's device.
+  LayerFeatures intermediate_layers(const at::Tensor& pixels, const std::vector<int64_t>& blocks,
+                                    bool norm = true) const;
+  /// @brief As above for a preprocessed batch; keeps batch.grids.
+  LayerFeatures intermediate_layers(const Batch& batch, const std::vector<int64_t>& blocks,
+                                    bool norm = true) const;
+
+  /// @brief Attention of the CLS query over the patch keys in the last block (softmax over all
+  /// tokens, then the patch columns kept), the usual DINO attention map.
+  /// @param pixels [B, 3, H, W] normalised float pixels, any device.
+  /// @return [B, heads, h, w] float32 on the model's device.
+  at::Tensor cls_attention(const at::Tensor& pixels) const;
+
+ private:
+  struct Impl;
+  explicit Model(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dinov2

@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief Options for Model::load: device, compute dtype, threads and the token cap.
+#pragma once
+
+#include <cstdint>
+
+namespace dinov2 {
+
+/// @brief Where the model runs.
+enum class Device {
+  kCPU,   ///< the host CPU
+  kCUDA,  ///< an NVIDIA GPU; needs a CUDA build of LibTorch and a visible device
+};
+
+/// @brief The dtype the model computes in.
+enum class DType {
+  kFloat32,   ///< full precision; the reference numerics
+  kBFloat16,  ///< about 3 significant digits, float32 range: the safe reduced precision
+  kFloat16,   ///< about 3 significant digits, range up to 65504: may overflow to NaN/Inf
+};
+
+/// @brief How Model::load places and runs the model. A plain struct: set fields directly or
+/// chain the `with_*` setters, e.g.
+/// `Options{}.with_device(Device::kCUDA).with_dtype(DType::kBFloat16)`.
+struct Options {
+  /// @brief Device for the parameters and the computation. Default: the CPU.
+  Device device = Device::kCPU;
+  /// @brief Index of the CUDA device (ignored on the CPU). Default 0.
+  int device_index = 0;
+  /// @brief Compute dtype. The loaded module is converted to it when the file was exported in
+  /// another dtype. Outputs are float32 whatever this is. Default float32.
+  DType dtype = DType::kFloat32;
+  /// @brief Intra-op CPU threads, applied with at::set_num_threads at load time. This setting is
+  /// process-wide (LibTorch has a single pool): the last Model loaded with threads > 0 wins, and
+  /// it affects all LibTorch code in the process. 0 (the default) leaves LibTorch's default.
+  int threads = 0;
+  /// @brief Largest patch-token count h*w accepted per image; a larger input throws InputError
+  /// with ErrorCode::kTooManyTokens before any memory is allocated. Attention memory grows with
+  /// the square of this number. Default 16384 (e.g. 1792x1792 pixels).
+  int64_t max_tokens = 16384;
+
+  /// @brief Sets device and device_index.
+  Options& with_device(Device d, int index = 0) {
+    device = d;
+    device_index = index;
+    return *this;
+  }
+  /// @brief Sets dtype.
+  Options& with_dtype(DType d) {
+    dtype = d;
+    return *this;
+  }
+  /// @brief Sets threads (process-wide; see the field).
+  Options& with_threads(int n) {
+    threads = n;
+    return *this;
+  }
+  /// @brief Sets max_tokens.
+  Options& with_max_tokens(int64_t n) {
+    max_tokens = n;
+    return *this;
+  }
+};
+
+/// @brief "cpu" or "cuda".
+inline const char* to_string(Device d) { return d == Device::kCUDA ? "cuda" : "cpu"; }
+/// @brief "float32", "bfloat16" or "float16" (the names used in the file metadata).
+inline const char* to_string(DType d) {
+  switch (d) {
+    case DType::kBFloat16:
+      return "bfloat16";
+    case DType::kFloat16:
+      return "float16";
+    default:
+      return "float32";
+  }
+}
+
+}  // namespace dinov2
