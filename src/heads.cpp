@@ -305,7 +305,7 @@ void check_model(const HeadInfo& head, const ModelInfo& model) {
 const at::Tensor& check_patches(const at::Tensor& t, int64_t dim, const char* what) {
   if (!t.defined() || t.dim() != 4 || t.size(3) != dim) {
     throw InputError(
-        c10::str("dinov2: ", what, " must be [B, h, w, ", dim, "] patch tokens, got ", shape(t)));
+        c10::str("dinov2: ", what, " must be [B, h, w, ", dim, "], got ", shape(t)));
   }
   return t;
 }

@@ -111,7 +111,8 @@ def resolve_dataset(kind: HeadKind, dataset: Optional[str]) -> str:
         return kind.datasets[0]
     if dataset not in kind.datasets:
         raise HeadError(
-            f"dataset {dataset!r} has no {kind.name} head; expected one of {', '.join(kind.datasets)}"
+            f"dataset {dataset!r} has no {kind.name} head; "
+            f"expected one of {', '.join(kind.datasets)}"
         )
     return dataset
 
@@ -277,7 +278,9 @@ def official_depth(
     size: Tuple[int, int],
 ) -> Tensor:
     """patch_maps: per block [B, D, h, w]; cls: per block [B, D] -> depth [B, 1, H, W]."""
-    inputs = [torch.cat([x, c[:, :, None, None].expand_as(x)], dim=1) for x, c in zip(patch_maps, cls)]
+    inputs = [
+        torch.cat([x, c[:, :, None, None].expand_as(x)], dim=1) for x, c in zip(patch_maps, cls)
+    ]
     up = [s * DEPTH_UPSAMPLE for s in inputs[0].shape[2:]]
     inputs = [F.interpolate(x, size=up, mode="bilinear", align_corners=False) for x in inputs]
     logit = F.conv2d(torch.cat(inputs, dim=1), sd["decode_head.conv_depth.weight"],

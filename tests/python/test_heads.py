@@ -155,7 +155,8 @@ def test_official_checkpoint_round_trip(tmp_path):
         (lambda sd: sd.pop("decode_head.conv_depth.bias"),
          "missing key 'decode_head.conv_depth.bias' (expected shape (256,))"),
         (lambda sd: sd.__setitem__("decode_head.conv_depth.weight", torch.zeros(256, 768, 1, 1)),
-         "key 'decode_head.conv_depth.weight' has shape (256, 768, 1, 1), expected (256, 3072, 1, 1)"),
+         "key 'decode_head.conv_depth.weight' has shape (256, 768, 1, 1), "
+         "expected (256, 3072, 1, 1)"),
         (lambda sd: sd.__setitem__("decode_head.extra.weight", torch.zeros(3)),
          "unexpected key 'decode_head.extra.weight'"),
     ],
@@ -173,13 +174,15 @@ def test_strict_loading_names_the_key(mutate, message, tmp_path):
 
 def test_strict_loading_checks_width_and_classes(tmp_path):
     path = tmp_path / "b.pth"
-    torch.save(H.random_head_state_dict(H.KINDS["linear"], get_variant("dinov2_vitb14"), "imagenet"),
-               path)
-    with pytest.raises(H.HeadError, match=r"'weight' has shape \(1000, 1536\), expected \(1000, 768\)"):
+    vitb = get_variant("dinov2_vitb14")
+    torch.save(H.random_head_state_dict(H.KINDS["linear"], vitb, "imagenet"), path)
+    wrong_width = r"'weight' has shape \(1000, 1536\), expected \(1000, 768\)"
+    with pytest.raises(H.HeadError, match=wrong_width):
         H.load_head_weights(str(path), "linear", "dinov2_vits14")
     seg = H.random_head_state_dict(H.KINDS["seg_linear"], get_variant("dinov2_vits14"), "voc2012")
     torch.save({"state_dict": seg}, path)
-    with pytest.raises(H.HeadError, match=r"conv_seg.weight' has shape \(21, 384, 1, 1\), expected \(150"):
+    wrong_classes = r"conv_seg.weight' has shape \(21, 384, 1, 1\), expected \(150"
+    with pytest.raises(H.HeadError, match=wrong_classes):
         H.load_head_weights(str(path), "seg_linear", "dinov2_vits14", "ade20k")
 
 

@@ -136,12 +136,16 @@ class Tiny(torch.nn.Module):
 
 def error_files(out: Path) -> None:
     # A reduced backbone (2 blocks): the depth heads' block 11 does not exist there.
-    export(load_weights("random", BACKBONE, seed=BACKBONE_SEED, depth=2), out / "heads_backbone_d2.pt")
+    reduced = load_weights("random", BACKBONE, seed=BACKBONE_SEED, depth=2)
+    export(reduced, out / "heads_backbone_d2.pt")
     export_head(out, "heads_linear_vitb14", "linear", "imagenet", 1, backbone="dinov2_vitb14")
-    export_head(out, "heads_linear_vits14_reg", "linear", "imagenet", 1, backbone="dinov2_vits14_reg")
+    export_head(
+        out, "heads_linear_vits14_reg", "linear", "imagenet", 1, backbone="dinov2_vits14_reg"
+    )
     meta = H.read_head_metadata(out / "heads_linear.pt")
     tiny = torch.jit.script(Tiny())
-    tiny.save(str(out / "heads_v99.pt"), _extra_files={H.HEAD_FILE: json.dumps({**meta, "format_version": 99})})
+    newer = json.dumps({**meta, "format_version": 99})
+    tiny.save(str(out / "heads_v99.pt"), _extra_files={H.HEAD_FILE: newer})
     tiny.save(str(out / "heads_no_json.pt"))
     k, v = H.KINDS["linear"], get_variant(BACKBONE)
     torch.save(H.random_head_state_dict(k, v, "imagenet"), out / "heads_not_archive.pth")

@@ -307,5 +307,5 @@ TEST_CASE("Head files that do not fit are refused with a dinov2::Error naming th
   dinov2::Features f;
   f.patches = reference("features/patches").narrow(3, 0, 100);
   msg = error_of([&] { seg.logits(f); }, ErrorCode::kBadInput);
-  CHECK(contains(msg, "[B, h, w, 384]"));
+  CHECK(contains(msg, "must be [B, h, w, 384], got [2, 5, 9, 100]"));
 }
