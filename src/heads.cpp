@@ -304,8 +304,7 @@ void check_model(const HeadInfo& head, const ModelInfo& model) {
 /// Checks a [B, h, w, D] patch map and returns it.
 const at::Tensor& check_patches(const at::Tensor& t, int64_t dim, const char* what) {
   if (!t.defined() || t.dim() != 4 || t.size(3) != dim) {
-    throw InputError(
-        c10::str("dinov2: ", what, " must be [B, h, w, ", dim, "], got ", shape(t)));
+    throw InputError(c10::str("dinov2: ", what, " must be [B, h, w, ", dim, "], got ", shape(t)));
   }
   return t;
 }
