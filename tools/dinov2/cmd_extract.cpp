@@ -1,0 +1,694 @@
+// SPDX-License-Identifier: Apache-2.0
+// `dinov2 extract`: features of many images into one safetensors file (or a folder of .npy).
+//
+// The sorted input list (after --shard) is cut into chunks of a fixed number of inputs. Each
+// finished chunk is written atomically as OUT.parts/part-NNNNNN.safetensors, so a killed run
+// loses at most the chunk in flight and --resume recomputes only missing chunks; since chunks
+// and their batches depend only on the input list and the options, a resumed run writes exactly
+// the bytes an uninterrupted one would. At the end the parts are merged, in input order, into
+// OUT and the parts folder is removed. docs/CLI.md documents the output layout.
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <future>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <utility>
+
+#include "commands.hpp"
+#include "common.hpp"
+#include "dinov2/error.hpp"
+#include "dinov2/io.hpp"
+#include "dinov2/model.hpp"
+#include "dinov2/opencv.hpp"
+#include "dinov2/preprocess.hpp"
+#include "dinov2/version.hpp"
+
+namespace dinov2::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+constexpr int kFeaturesFormatVersion = 1;
+
+struct ExtractArgs {
+  ModelArgs model;
+  std::string output;
+  std::string recipe = "square518";
+  int batch = 8;
+  bool no_patches = false;
+  std::string patch_dtype = "float32";
+  std::string format = "safetensors";
+  std::string shard;
+  bool resume = false;
+  bool ignore_orientation = false;
+  std::vector<std::string> inputs;
+};
+
+/// One input of this run: its position in the full sorted list, and its path.
+struct Item {
+  int64_t index = 0;
+  std::string path;
+};
+
+struct Failure {
+  int64_t index = 0;
+  std::string path;
+  std::string reason;
+};
+
+struct LoadedImage {
+  Item item;
+  Batch batch;  // one image: pixels [1, 3, H, W] and its grid
+};
+
+struct LoadedChunk {
+  std::vector<LoadedImage> images;
+  std::vector<Failure> failures;
+};
+
+/// One extracted image: what a part file stores per row.
+struct Row {
+  Item item;
+  PatchGrid grid;
+  at::Tensor cls;        // [D] float32
+  at::Tensor registers;  // [R, D] float32
+  at::Tensor patch;      // [h, w, D] in the patch dtype; undefined with --no-patches
+};
+
+std::string strip_prefix(const std::string& message) {
+  return message.rfind("dinov2: ", 0) == 0 ? message.substr(8) : message;
+}
+
+at::ScalarType scalar_type_of(const std::string& name) {
+  if (name == "float16") return at::kHalf;
+  if (name == "bfloat16") return at::kBFloat16;
+  return at::kFloat;
+}
+
+std::string part_name(int64_t chunk) { return fmt::format("part-{:06d}.safetensors", chunk); }
+
+std::string grid_key(int64_t rows, int64_t cols) { return fmt::format("{}x{}", rows, cols); }
+
+uint64_t fnv1a(const std::vector<Item>& items) {
+  uint64_t h = 14695981039346656037ull;
+  auto mix = [&](const std::string& s) {
+    for (unsigned char c : s) {
+      h ^= c;
+      h *= 1099511628211ull;
+    }
+  };
+  for (const auto& item : items) {
+    mix(std::to_string(item.index));
+    mix(":");
+    mix(item.path);
+    mix("\n");
+  }
+  return h;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading and running one chunk
+
+LoadedChunk load_chunk(const std::vector<Item>& items, const Preprocessor& preprocessor,
+                       bool apply_exif_orientation) {
+  LoadedChunk chunk;
+  for (const auto& item : items) {
+    ImageFile file = read_image(item.path, apply_exif_orientation);
+    if (!file.ok()) {
+      chunk.failures.push_back({item.index, item.path, file.error});
+      continue;
+    }
+    try {
+      chunk.images.push_back({item, preprocessor(image_view(file.mat))});
+    } catch (const Error& e) {
+      chunk.failures.push_back({item.index, item.path, strip_prefix(e.what())});
+    }
+  }
+  return chunk;
+}
+
+std::vector<Row> run_chunk(const Model& model, LoadedChunk& chunk, int batch_size, bool patches,
+                           at::ScalarType patch_dtype) {
+  // Batches share an input size: group by size in order of first appearance, then slice.
+  std::vector<std::vector<size_t>> groups;
+  std::map<std::pair<int64_t, int64_t>, size_t> group_of;
+  for (size_t i = 0; i < chunk.images.size(); ++i) {
+    const auto& px = chunk.images[i].batch.pixels;
+    const auto key = std::make_pair(px.size(2), px.size(3));
+    auto it = group_of.find(key);
+    if (it == group_of.end()) {
+      it = group_of.emplace(key, groups.size()).first;
+      groups.emplace_back();
+    }
+    groups[it->second].push_back(i);
+  }
+  std::vector<Row> rows;
+  for (const auto& group : groups) {
+    for (size_t begin = 0; begin < group.size(); begin += static_cast<size_t>(batch_size)) {
+      const size_t end = std::min(group.size(), begin + static_cast<size_t>(batch_size));
+      std::vector<at::Tensor> pixels;
+      Batch batch;
+      for (size_t k = begin; k < end; ++k) {
+        auto& image = chunk.images[group[k]];
+        pixels.push_back(image.batch.pixels);
+        batch.grids.push_back(image.batch.grids.at(0));
+      }
+      batch.pixels = at::cat(pixels, 0);
+      const Features f = model.extract_features(batch).cpu();
+      for (size_t k = begin; k < end; ++k) {
+        const auto b = static_cast<int64_t>(k - begin);
+        auto& image = chunk.images[group[k]];
+        Row row;
+        row.item = image.item;
+        row.grid = f.grids.at(static_cast<size_t>(b));
+        row.cls = f.cls[b].contiguous();
+        row.registers = f.registers[b].contiguous();
+        if (patches) row.patch = f.patches[b].to(patch_dtype).contiguous();
+        rows.push_back(std::move(row));
+      }
+      for (size_t k = begin; k < end; ++k) chunk.images[group[k]].batch.pixels = at::Tensor();
+    }
+  }
+  std::sort(rows.begin(), rows.end(),
+            [](const Row& a, const Row& b) { return a.item.index < b.item.index; });
+  return rows;
+}
+
+void write_part(const std::string& path, int64_t chunk_index, const std::vector<Row>& rows,
+                const std::vector<Failure>& failures, const ModelInfo& info) {
+  const int64_t n = static_cast<int64_t>(rows.size());
+  const int64_t d = info.embed_dim, r = info.num_register_tokens;
+  at::Tensor cls = at::empty({n, d}, at::kFloat);
+  at::Tensor registers = at::empty({n, r, d}, at::kFloat);
+  NamedTensors tensors;
+  json meta_rows = json::array();
+  for (int64_t i = 0; i < n; ++i) {
+    const Row& row = rows[static_cast<size_t>(i)];
+    cls[i].copy_(row.cls);
+    registers[i].copy_(row.registers);
+    if (row.patch.defined()) tensors.emplace_back(fmt::format("patch/{}", i), row.patch);
+    meta_rows.push_back({{"index", row.item.index},
+                         {"path", row.item.path},
+                         {"size", {row.grid.original_height, row.grid.original_width}},
+                         {"grid", {row.grid.rows, row.grid.cols}}});
+  }
+  tensors.emplace_back("cls", cls);
+  tensors.emplace_back("registers", registers);
+  json meta_failed = json::array();
+  for (const auto& f : failures) {
+    meta_failed.push_back({{"index", f.index}, {"path", f.path}, {"reason", f.reason}});
+  }
+  save_safetensors(path, tensors,
+                   {{"chunk", std::to_string(chunk_index)},
+                    {"rows", dump_json(meta_rows)},
+                    {"failed", dump_json(meta_failed)}});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merging the parts into the output
+
+struct PartRow {
+  size_t part = 0;    // which part file
+  int64_t local = 0;  // row in that part
+  int64_t index = 0;  // position in the full input list
+  std::string path;
+  int64_t height = 0, width = 0, grid_h = 0, grid_w = 0;
+};
+
+/// Streams tensors to either a safetensors file or a folder of .npy files.
+class OutputSink {
+ public:
+  virtual ~OutputSink() = default;
+  virtual void begin(const std::string& name, at::ScalarType dtype,
+                     const std::vector<int64_t>& shape) = 0;
+  virtual void append(const at::Tensor& data) = 0;
+  virtual void commit(const json& metadata) = 0;
+};
+
+class SafetensorsSink : public OutputSink {
+ public:
+  SafetensorsSink(const std::string& path, std::vector<TensorSpec> specs, const json& metadata)
+      : writer_(path, std::move(specs), string_map(metadata)) {}
+  void begin(const std::string&, at::ScalarType, const std::vector<int64_t>&) override {}
+  void append(const at::Tensor& data) override { writer_.append(data); }
+  void commit(const json&) override { writer_.commit(); }
+
+ private:
+  // safetensors metadata is string to string: JSON values other than strings become JSON text.
+  static TensorMetadata string_map(const json& metadata) {
+    TensorMetadata out;
+    for (auto it = metadata.begin(); it != metadata.end(); ++it) {
+      out[it.key()] = it->is_string() ? it->get<std::string>() : dump_json(*it);
+    }
+    return out;
+  }
+  SafetensorsWriter writer_;
+};
+
+class NpySink : public OutputSink {
+ public:
+  explicit NpySink(std::string folder) : folder_(std::move(folder)), tmp_(folder_ + ".tmp") {
+    std::error_code ec;
+    fs::remove_all(tmp_, ec);
+    fs::create_directories(tmp_, ec);
+    if (ec) {
+      throw InputError(fmt::format("dinov2: cannot create the folder {} ({})", tmp_, ec.message()));
+    }
+  }
+  void begin(const std::string& name, at::ScalarType dtype,
+             const std::vector<int64_t>& shape) override {
+    finish_current();
+    current_.emplace((fs::path(tmp_) / (name + ".npy")).string(), dtype, shape);
+  }
+  void append(const at::Tensor& data) override { current_->append(data); }
+  void commit(const json& metadata) override {
+    finish_current();
+    write_file_atomically((fs::path(tmp_) / "metadata.json").string(),
+                          dump_json(metadata, 2) + "\n");
+    // Swap the finished folder in; an older output is moved aside first and then deleted.
+    std::error_code ec;
+    const std::string old = folder_ + ".old";
+    fs::remove_all(old, ec);
+    if (fs::exists(folder_)) {
+      fs::rename(folder_, old, ec);
+      if (ec) {
+        throw InputError(fmt::format("dinov2: cannot replace {} ({})", folder_, ec.message()));
+      }
+    }
+    fs::rename(tmp_, folder_, ec);
+    if (ec) {
+      throw InputError(
+          fmt::format("dinov2: cannot move {} to {} ({})", tmp_, folder_, ec.message()));
+    }
+    fs::remove_all(old, ec);
+  }
+
+ private:
+  void finish_current() {
+    if (current_) current_->commit();
+    current_.reset();
+  }
+  std::string folder_;
+  std::string tmp_;
+  std::optional<NpyWriter> current_;
+};
+
+void merge_parts(const ExtractArgs& args, const std::string& parts_dir, int64_t chunks,
+                 const Recipe& recipe, const Model& model, json metadata, int64_t& rows_written,
+                 int64_t& failed_count) {
+  std::vector<SafetensorsReader> parts;
+  std::vector<PartRow> rows;
+  json failed = json::array();
+  for (int64_t c = 0; c < chunks; ++c) {
+    parts.emplace_back((fs::path(parts_dir) / part_name(c)).string());
+    const auto& meta = parts.back().metadata();
+    const json part_rows = json::parse(meta.at("rows"));
+    int64_t local = 0;
+    for (const auto& r : part_rows) {
+      PartRow row;
+      row.part = parts.size() - 1;
+      row.local = local++;
+      row.index = r.at("index").get<int64_t>();
+      row.path = r.at("path").get<std::string>();
+      row.height = r.at("size").at(0).get<int64_t>();
+      row.width = r.at("size").at(1).get<int64_t>();
+      row.grid_h = r.at("grid").at(0).get<int64_t>();
+      row.grid_w = r.at("grid").at(1).get<int64_t>();
+      rows.push_back(std::move(row));
+    }
+    for (const auto& f : json::parse(meta.at("failed"))) {
+      failed.push_back(
+          {{"path", f.at("path")}, {"reason", f.at("reason")}, {"input_index", f.at("index")}});
+    }
+  }
+  const int64_t n = static_cast<int64_t>(rows.size());
+  const ModelInfo& info = model.info();
+  const int64_t d = info.embed_dim, r = info.num_register_tokens;
+  const bool patches = !args.no_patches;
+  const at::ScalarType patch_dtype = scalar_type_of(args.patch_dtype);
+
+  // Distinct grids, in (rows, cols) order.
+  std::map<std::pair<int64_t, int64_t>, std::vector<int64_t>> by_grid;  // grid -> output rows
+  for (int64_t i = 0; i < n; ++i) {
+    by_grid[{rows[static_cast<size_t>(i)].grid_h, rows[static_cast<size_t>(i)].grid_w}].push_back(
+        i);
+  }
+  std::pair<int64_t, int64_t> single_grid{0, 0};
+  if (by_grid.size() == 1) {
+    single_grid = by_grid.begin()->first;
+  } else if (by_grid.empty() && recipe.kind() != Recipe::Kind::kPatchAligned) {
+    const PatchGrid g = recipe.plan(1000, 1000).grid;  // fixed-size recipes: any image size
+    single_grid = {g.rows, g.cols};
+  }
+
+  // Declared in data order: 8-byte, then 4-byte, then 2-byte elements (keeps alignment).
+  struct Out {
+    std::string name;
+    at::ScalarType dtype;
+    std::vector<int64_t> shape;
+    std::function<void(OutputSink&)> write;
+  };
+  std::vector<Out> outs;
+  if (patches && by_grid.size() > 1) {
+    for (const auto& [grid, members] : by_grid) {
+      outs.push_back(
+          {"patch_rows/" + grid_key(grid.first, grid.second),
+           at::kLong,
+           {static_cast<int64_t>(members.size())},
+           [members = members](OutputSink& sink) { sink.append(at::tensor(members, at::kLong)); }});
+    }
+  }
+  auto per_part = [&](const std::string& name) {
+    return [&parts, name](OutputSink& sink) {
+      for (const auto& part : parts) sink.append(part.read(name));
+    };
+  };
+  outs.push_back({"cls", at::kFloat, {n, d}, per_part("cls")});
+  outs.push_back({"registers", at::kFloat, {n, r, d}, per_part("registers")});
+  if (patches) {
+    auto rows_of = [&rows, &parts](std::vector<int64_t> members) {
+      return [&rows, &parts, members = std::move(members)](OutputSink& sink) {
+        for (int64_t i : members) {
+          const PartRow& row = rows[static_cast<size_t>(i)];
+          sink.append(parts[row.part].read(fmt::format("patch/{}", row.local)));
+        }
+      };
+    };
+    if (by_grid.size() > 1) {
+      for (const auto& [grid, members] : by_grid) {
+        outs.push_back({"patch/" + grid_key(grid.first, grid.second),
+                        patch_dtype,
+                        {static_cast<int64_t>(members.size()), grid.first, grid.second, d},
+                        rows_of(members)});
+      }
+    } else {
+      std::vector<int64_t> all(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) all[static_cast<size_t>(i)] = i;
+      outs.push_back({"patch",
+                      patch_dtype,
+                      {n, single_grid.first, single_grid.second, d},
+                      rows_of(std::move(all))});
+    }
+  }
+  std::stable_sort(outs.begin(), outs.end(), [](const Out& a, const Out& b) {
+    return c10::elementSize(a.dtype) > c10::elementSize(b.dtype);
+  });
+
+  json paths = json::array(), indices = json::array(), sizes = json::array(), grids = json::array();
+  for (const auto& row : rows) {
+    paths.push_back(row.path);
+    indices.push_back(row.index);
+    sizes.push_back({row.height, row.width});
+    grids.push_back({row.grid_h, row.grid_w});
+  }
+  metadata["rows"] = n;
+  metadata["grid"] =
+      by_grid.size() > 1 ? json(nullptr) : json{single_grid.first, single_grid.second};
+  metadata["patch_layout"] = !patches ? "none" : by_grid.size() > 1 ? "by_grid" : "single";
+  metadata["paths"] = std::move(paths);
+  metadata["input_indices"] = std::move(indices);
+  metadata["image_sizes"] = std::move(sizes);
+  metadata["grids"] = std::move(grids);
+  metadata["failed"] = failed;
+
+  std::unique_ptr<OutputSink> sink;
+  if (args.format == "npy") {
+    sink = std::make_unique<NpySink>(args.output);
+  } else {
+    std::vector<TensorSpec> specs;
+    for (const auto& o : outs) specs.push_back({o.name, o.dtype, o.shape});
+    sink = std::make_unique<SafetensorsSink>(args.output, std::move(specs), metadata);
+  }
+  for (const auto& o : outs) {
+    std::string file_name = o.name;
+    std::replace(file_name.begin(), file_name.end(), '/', '_');
+    sink->begin(file_name, o.dtype, o.shape);
+    o.write(*sink);
+  }
+  sink->commit(metadata);
+  rows_written = n;
+  failed_count = static_cast<int64_t>(failed.size());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command
+
+json run_fingerprint(const ExtractArgs& args, const ModelInfo& info, const Recipe& recipe,
+                     int64_t chunk_size, const std::vector<Item>& items) {
+  return {
+      {"tool", "dinov2 extract"},        {"dinov2_version", kVersion},
+      {"model_file", args.model.path},   {"model_variant", info.variant},
+      {"model_depth", info.depth},       {"model_weights_sha256", info.weights_sha256},
+      {"recipe", recipe.to_string()},    {"batch", args.batch},
+      {"chunk_size", chunk_size},        {"device", args.model.device},
+      {"dtype", args.model.dtype},       {"patches", !args.no_patches},
+      {"patch_dtype", args.patch_dtype}, {"shard", args.shard.empty() ? "0/1" : args.shard},
+      {"inputs", items.size()},          {"inputs_digest", fmt::format("{:016x}", fnv1a(items))}};
+}
+
+void prepare_parts_dir(const ExtractArgs& args, const std::string& parts_dir,
+                       const json& fingerprint) {
+  const std::string run_file = (fs::path(parts_dir) / "run.json").string();
+  std::error_code ec;
+  if (fs::exists(parts_dir)) {
+    if (!args.resume) {
+      throw InputError(fmt::format(
+          "dinov2: {} holds the parts of an unfinished run; pass --resume to continue it, or "
+          "delete that folder to start over",
+          parts_dir));
+    }
+    json previous;
+    try {
+      std::ifstream in(run_file);
+      previous = json::parse(in);
+    } catch (const json::exception&) {
+      throw InputError(
+          fmt::format("dinov2: --resume: {} is missing or unreadable; delete {} to "
+                      "start over",
+                      run_file, parts_dir));
+    }
+    std::vector<std::string> diffs;
+    for (auto it = fingerprint.begin(); it != fingerprint.end(); ++it) {
+      const json was = previous.contains(it.key()) ? previous[it.key()] : json(nullptr);
+      if (was != *it) {
+        diffs.push_back(fmt::format("{} was {}, now {}", it.key(), dump_json(was), dump_json(*it)));
+      }
+    }
+    if (!diffs.empty()) {
+      throw InputError(fmt::format(
+          "dinov2: --resume: the unfinished run in {} used other settings ({}); rerun with the "
+          "same model, inputs and options, or delete that folder to start over",
+          parts_dir, fmt::join(diffs, "; ")));
+    }
+    // Leftovers of a write that was killed before its rename.
+    for (const auto& entry : fs::directory_iterator(parts_dir, ec)) {
+      if (entry.path().extension() == ".tmp") fs::remove(entry.path(), ec);
+    }
+    return;
+  }
+  fs::create_directories(parts_dir, ec);
+  if (ec) {
+    throw InputError(
+        fmt::format("dinov2: cannot create the folder {} ({})", parts_dir, ec.message()));
+  }
+  write_file_atomically(run_file, dump_json(fingerprint, 2) + "\n");
+}
+
+bool part_is_complete(const std::string& path, int64_t chunk) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return false;
+  try {
+    SafetensorsReader reader(path);
+    const auto& meta = reader.metadata();
+    return meta.count("chunk") && meta.at("chunk") == std::to_string(chunk) && meta.count("rows") &&
+           meta.count("failed") && reader.contains("cls");
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+int64_t part_input_count(const std::string& path) {
+  SafetensorsReader reader(path);
+  return static_cast<int64_t>(json::parse(reader.metadata().at("rows")).size() +
+                              json::parse(reader.metadata().at("failed")).size());
+}
+
+int run_extract(const ExtractArgs& args) {
+  if (args.format == "npy" && args.patch_dtype == "bfloat16" && !args.no_patches) {
+    throw InputError(
+        "dinov2: --patch-dtype bfloat16 cannot be stored in .npy (NumPy has no "
+        "bfloat16); use float16 or float32, or --format safetensors",
+        ErrorCode::kInvalidArgument);
+  }
+  const Recipe recipe = parse_recipe(args.recipe);
+  const auto [shard_i, shard_n] =
+      args.shard.empty() ? std::pair<int64_t, int64_t>{0, 1} : parse_shard(args.shard);
+
+  const std::vector<std::string> all = collect_inputs(args.inputs);
+  if (all.empty()) {
+    throw InputError(
+        fmt::format("dinov2: no images found in {} (folders are searched for .jpg, .jpeg, .png, "
+                    ".bmp, .tif, .tiff, .webp)",
+                    fmt::join(args.inputs, " ")),
+        ErrorCode::kInvalidArgument);
+  }
+  std::vector<Item> items;
+  for (size_t k = 0; k < all.size(); ++k) {
+    if (static_cast<int64_t>(k) % shard_n == shard_i)
+      items.push_back({static_cast<int64_t>(k), all[k]});
+  }
+
+  const Model model = args.model.load();
+  const ModelInfo& info = model.info();
+  const Preprocessor preprocessor(recipe,
+                                  Normalization::from({info.mean[0], info.mean[1], info.mean[2]},
+                                                      {info.std[0], info.std[1], info.std[2]}));
+
+  // Fixed-size recipes fill every batch; aligned ones take several batches' worth of inputs per
+  // chunk so that images of one shape can still share a batch.
+  const int64_t chunk_size =
+      recipe.kind() == Recipe::Kind::kPatchAligned ? 4 * int64_t{args.batch} : args.batch;
+  const int64_t chunks = static_cast<int64_t>((items.size() + static_cast<size_t>(chunk_size) - 1) /
+                                              static_cast<size_t>(chunk_size));
+  const fs::path out_path(args.output);
+  if (out_path.has_parent_path()) {
+    std::error_code ec;
+    fs::create_directories(out_path.parent_path(), ec);
+  }
+  const std::string parts_dir = args.output + ".parts";
+  prepare_parts_dir(args, parts_dir, run_fingerprint(args, info, recipe, chunk_size, items));
+
+  auto chunk_items = [&](int64_t c) {
+    const auto begin = items.begin() + c * chunk_size;
+    const auto end =
+        items.begin() + std::min<int64_t>((c + 1) * chunk_size, static_cast<int64_t>(items.size()));
+    return std::vector<Item>(begin, end);
+  };
+
+  std::vector<int64_t> todo;
+  int64_t already = 0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const std::string part = (fs::path(parts_dir) / part_name(c)).string();
+    if (part_is_complete(part, c)) {
+      already += part_input_count(part);
+    } else {
+      todo.push_back(c);
+    }
+  }
+
+  Progress progress(static_cast<int64_t>(items.size()), already);
+  if (already > 0) {
+    progress.message(fmt::format("dinov2: resuming: {} of {} inputs were done by an earlier run",
+                                 already, items.size()));
+  }
+  const bool patches = !args.no_patches;
+  const at::ScalarType patch_dtype = scalar_type_of(args.patch_dtype);
+
+  // Decoding and preprocessing of the next chunk overlap with the model on the current one.
+  std::future<LoadedChunk> next;
+  auto start_loading = [&](size_t t) {
+    if (t < todo.size()) {
+      next = std::async(std::launch::async, load_chunk, chunk_items(todo[t]),
+                        std::cref(preprocessor), !args.ignore_orientation);
+    }
+  };
+  start_loading(0);
+  for (size_t t = 0; t < todo.size(); ++t) {
+    LoadedChunk chunk = next.get();
+    start_loading(t + 1);
+    for (const auto& f : chunk.failures) {
+      progress.message(fmt::format("dinov2: skipped {}: {}", f.path, f.reason));
+    }
+    const int64_t inputs = static_cast<int64_t>(chunk.images.size() + chunk.failures.size());
+    const std::vector<Row> rows = run_chunk(model, chunk, args.batch, patches, patch_dtype);
+    write_part((fs::path(parts_dir) / part_name(todo[t])).string(), todo[t], rows, chunk.failures,
+               info);
+    progress.advance(inputs);
+  }
+  const std::string timing = progress.finish();
+
+  json metadata = {
+      {"format", "dinov2-features"},
+      {"format_version", std::to_string(kFeaturesFormatVersion)},
+      {"dinov2_version", kVersion},
+      {"model", json::parse(info.metadata_json)},
+      {"model_file", args.model.path},
+      {"recipe", recipe.to_string()},
+      {"device", args.model.device},
+      {"compute_dtype", args.model.dtype},
+      {"patch_dtype", args.no_patches ? "none" : args.patch_dtype},
+      {"exif_orientation", args.ignore_orientation ? "ignored" : "applied"},
+      {"shard", fmt::format("{}/{}", shard_i, shard_n)},
+      {"inputs_total", all.size()},
+  };
+  int64_t rows_written = 0, failed = 0;
+  merge_parts(args, parts_dir, chunks, recipe, model, std::move(metadata), rows_written, failed);
+  std::error_code ec;
+  fs::remove_all(parts_dir, ec);
+
+  std::cerr << fmt::format("dinov2 extract: {}; wrote {} rows to {}", timing, rows_written,
+                           args.output);
+  if (failed > 0) {
+    std::cerr << fmt::format("; {} of {} inputs failed (listed under \"failed\" in the metadata)",
+                             failed, items.size());
+  }
+  std::cerr << "\n";
+  return failed > 0 ? kExitInputsFailed : kExitSuccess;
+}
+
+}  // namespace
+
+Command register_extract(CLI::App& app) {
+  auto args = std::make_shared<ExtractArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "extract",
+      "Extract CLS, register and patch features of images into one safetensors file (or a "
+      "folder of .npy files)");
+  sub->footer(
+      "INPUT is an image file, a folder (searched recursively for jpg, jpeg, png, bmp, tif, "
+      "tiff, webp) or @LIST (a text file with one path per line). Rows follow the sorted input "
+      "paths. Bad images are reported and skipped (exit code 3). Finished batches are kept in "
+      "OUTPUT.parts/ until the end, so an interrupted run continues with --resume.");
+  args->model.add_to(sub);
+  sub->add_option("--output,-o", args->output,
+                  "Output file (.safetensors), or folder with --format npy")
+      ->required()
+      ->type_name("OUT");
+  sub->add_option("--recipe", args->recipe, recipe_help())->capture_default_str();
+  sub->add_option("--batch", args->batch, "Images per forward pass")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  sub->add_flag("--no-patches", args->no_patches, "Do not store the patch features");
+  sub->add_option("--patch-dtype", args->patch_dtype,
+                  "dtype of the stored patch features (cls and registers stay float32)")
+      ->check(CLI::IsMember({"float32", "float16", "bfloat16"}))
+      ->capture_default_str();
+  sub->add_option("--format", args->format, "Output format")
+      ->check(CLI::IsMember({"safetensors", "npy"}))
+      ->capture_default_str();
+  sub->add_option("--shard", args->shard,
+                  "Process only inputs whose index in the sorted list is I modulo N")
+      ->type_name("I/N");
+  sub->add_flag("--resume", args->resume,
+                "Continue an interrupted run with the same arguments from OUTPUT.parts/");
+  sub->add_flag("--ignore-orientation", args->ignore_orientation,
+                "Keep the stored pixel order of photos with an EXIF orientation tag (as PIL's "
+                "Image.open does) instead of turning them upright");
+  sub->add_option("inputs", args->inputs, "Images, folders or @lists")
+      ->required()
+      ->type_name("INPUT...");
+  return {sub, [args] { return run_extract(*args); }};
+}
+
+}  // namespace dinov2::cli

@@ -1,0 +1,33 @@
+// SPDX-License-Identifier: Apache-2.0
+// The subcommands of the `dinov2` tool. Each lives in its own cmd_<name>.cpp and is registered by
+// main.cpp through the function declared here. To add one: write cmd_<name>.cpp with
+// `Command register_<name>(CLI::App& app)`, declare it below and add it to the list in main.cpp.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace dinov2::cli {
+
+/// @brief Exit codes of the tool (docs/CLI.md).
+enum ExitCode : int {
+  kExitSuccess = 0,       ///< everything asked for was done
+  kExitFailure = 1,       ///< an unexpected failure (a bug, out of memory, a LibTorch error)
+  kExitUsage = 2,         ///< bad arguments, unreadable model, unusable device, unwritable output
+  kExitInputsFailed = 3,  ///< the run finished but some inputs were skipped (listed in the output)
+};
+
+/// @brief A registered subcommand: its CLI11 app (options bound by the register function) and
+/// the action that runs after parsing. The action returns the exit code; it may throw
+/// dinov2::Error, which main() reports as `dinov2: ...` with kExitUsage (kExitFailure for
+/// ErrorCode::kRuntime).
+struct Command {
+  CLI::App* app = nullptr;
+  std::function<int()> run;
+};
+
+/// @brief `dinov2 extract`: features of images to safetensors or npy (cmd_extract.cpp).
+Command register_extract(CLI::App& app);
+
+}  // namespace dinov2::cli

@@ -1,0 +1,432 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "common.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+#include <opencv2/core/utils/logger.hpp>
+#include <opencv2/imgcodecs.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <optional>
+
+#include "dinov2/error.hpp"
+
+namespace dinov2::cli {
+
+namespace fs = std::filesystem;
+
+// ---------------------------------------------------------------------------------------------
+// Model and recipe options
+
+void ModelArgs::add_to(CLI::App* app) {
+  app->add_option("--model,-m", path, "Backbone file written by dinov2-export")
+      ->required()
+      ->type_name("FILE");
+  app->add_option("--device", device, "Where the model runs")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  app->add_option("--dtype", dtype,
+                  "Compute dtype (outputs are float32 whatever this is); bfloat16 is the safe "
+                  "reduced precision, float16 may overflow")
+      ->check(CLI::IsMember({"float32", "bfloat16", "float16"}))
+      ->capture_default_str();
+  app->add_option("--threads", threads,
+                  "CPU threads for LibTorch (0: LibTorch's default, one per core)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+}
+
+Options ModelArgs::options() const {
+  Options o;
+  o.device = device == "cuda" ? Device::kCUDA : Device::kCPU;
+  o.dtype = dtype == "bfloat16"  ? DType::kBFloat16
+            : dtype == "float16" ? DType::kFloat16
+                                 : DType::kFloat32;
+  o.threads = threads;
+  return o;
+}
+
+Model ModelArgs::load() const { return Model::load(path, options()); }
+
+Recipe parse_recipe(const std::string& name) {
+  if (name == "square518") return Recipe::square(518);
+  if (name == "eval224") return Recipe::eval_center_crop(256, 224);
+  if (name == "aligned") return Recipe::patch_aligned(518);
+  try {
+    return Recipe::parse(name);
+  } catch (const Error&) {
+    throw InputError(fmt::format("dinov2: --recipe '{}' is not a recipe; use square518, eval224, "
+                                 "aligned, or a form such as square(448), "
+                                 "eval_center_crop(256,224), patch_aligned(1036)",
+                                 name),
+                     ErrorCode::kInvalidArgument);
+  }
+}
+
+const char* recipe_help() {
+  return "Preprocessing: square518 (resize to 518x518, the default), eval224 (shorter side "
+         "256, centre crop 224: the official evaluation transform), aligned (keep the aspect "
+         "ratio, longer side about 518, sides multiples of 14), or square(N), "
+         "eval_center_crop(R,C), patch_aligned(S[,T]), resize(H,W)";
+}
+
+std::pair<int64_t, int64_t> parse_shard(const std::string& text) {
+  const size_t slash = text.find('/');
+  long long i = -1, n = -1;
+  if (slash != std::string::npos) {
+    try {
+      size_t a = 0, b = 0;
+      i = std::stoll(text.substr(0, slash), &a);
+      n = std::stoll(text.substr(slash + 1), &b);
+      if (a != slash || b != text.size() - slash - 1) i = n = -1;
+    } catch (const std::logic_error&) {
+      i = n = -1;
+    }
+  }
+  if (i < 0 || n < 1 || i >= n) {
+    throw InputError(
+        fmt::format("dinov2: --shard '{}' must be I/N with 0 <= I < N, e.g. 0/4", text),
+        ErrorCode::kInvalidArgument);
+  }
+  return {i, n};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+bool has_image_extension(const std::string& path) {
+  std::string ext = fs::path(path).extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  static const char* const kExtensions[] = {".jpg", ".jpeg", ".png", ".bmp",
+                                            ".tif", ".tiff", ".webp"};
+  return std::any_of(std::begin(kExtensions), std::end(kExtensions),
+                     [&](const char* e) { return ext == e; });
+}
+
+namespace {
+
+void expand_path(const std::string& arg, std::vector<std::string>& out) {
+  std::error_code ec;
+  if (fs::is_directory(arg, ec)) {
+    const auto options = fs::directory_options::follow_directory_symlink |
+                         fs::directory_options::skip_permission_denied;
+    fs::recursive_directory_iterator it(arg, options, ec), end;
+    if (ec) {
+      throw InputError(fmt::format("dinov2: cannot list the folder {} ({})", arg, ec.message()));
+    }
+    for (; it != end; it.increment(ec)) {
+      if (ec) {
+        throw InputError(fmt::format("dinov2: cannot list the folder {} ({})", arg, ec.message()));
+      }
+      std::error_code fec;
+      if (it->is_regular_file(fec) && has_image_extension(it->path().string())) {
+        out.push_back(it->path().lexically_normal().string());
+      }
+    }
+    return;
+  }
+  out.push_back(fs::path(arg).lexically_normal().string());
+}
+
+std::string trim(const std::string& s) {
+  size_t b = 0, e = s.size();
+  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
+  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+  return s.substr(b, e - b);
+}
+
+}  // namespace
+
+std::vector<std::string> collect_inputs(const std::vector<std::string>& args) {
+  std::vector<std::string> out;
+  for (const auto& arg : args) {
+    if (arg.size() > 1 && arg[0] == '@') {
+      const std::string list = arg.substr(1);
+      std::ifstream in(list);
+      if (!in) {
+        throw InputError(
+            fmt::format("dinov2: cannot read the input list {} ({})", list, std::strerror(errno)));
+      }
+      std::string line;
+      while (std::getline(in, line)) {
+        line = trim(line);
+        if (line.empty() || line[0] == '#') continue;
+        expand_path(line, out);
+      }
+      continue;
+    }
+    expand_path(arg, out);
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Images
+
+namespace {
+
+bool starts_with(const std::string& b, const char* magic, size_t n, size_t at = 0) {
+  return b.size() >= at + n && std::memcmp(b.data() + at, magic, n) == 0;
+}
+
+uint32_t be32(const std::string& b, size_t at) {
+  return (uint32_t{static_cast<unsigned char>(b[at])} << 24) |
+         (uint32_t{static_cast<unsigned char>(b[at + 1])} << 16) |
+         (uint32_t{static_cast<unsigned char>(b[at + 2])} << 8) |
+         uint32_t{static_cast<unsigned char>(b[at + 3])};
+}
+
+// Walks the marker segments of a JPEG up to its end-of-image marker. libjpeg only warns about a
+// file that ends early (and fills the rest of the picture with grey), so a truncated download
+// would otherwise pass as an image.
+std::optional<std::string> jpeg_problem(const std::string& b) {
+  const size_t n = b.size();
+  auto at = [&](size_t i) { return static_cast<unsigned char>(b[i]); };
+  const std::string truncated = fmt::format(
+      "truncated JPEG: the data ends after {} bytes, before the end-of-image marker", n);
+  size_t pos = 2;
+  while (true) {
+    if (pos >= n) return truncated;
+    if (at(pos) != 0xFF) {
+      return fmt::format("corrupt JPEG: expected a marker at byte {} but found 0x{:02X}", pos,
+                         at(pos));
+    }
+    while (pos < n && at(pos) == 0xFF) ++pos;  // fill bytes
+    if (pos >= n) return truncated;
+    const unsigned marker = at(pos++);
+    if (marker == 0xD9) return std::nullopt;
+    if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) continue;  // no payload
+    if (marker < 0xC0 || marker == 0xD8) {
+      return fmt::format("corrupt JPEG: invalid marker 0xFF{:02X} at byte {}", marker, pos - 2);
+    }
+    if (pos + 2 > n) return truncated;
+    const size_t len = (size_t{at(pos)} << 8) | at(pos + 1);
+    if (len < 2) {
+      return fmt::format("corrupt JPEG: segment 0xFF{:02X} at byte {} has length {}", marker,
+                         pos - 2, len);
+    }
+    if (pos + len > n) return truncated;
+    pos += len;
+    if (marker == 0xDA) {
+      // Entropy-coded data: runs until a marker other than a stuffed 0xFF00 or a restart.
+      while (true) {
+        if (pos + 1 >= n) return truncated;
+        if (at(pos) != 0xFF) {
+          ++pos;
+          continue;
+        }
+        const unsigned next = at(pos + 1);
+        if (next == 0x00 || (next >= 0xD0 && next <= 0xD7)) {
+          pos += 2;
+        } else if (next == 0xFF) {
+          ++pos;
+        } else {
+          break;
+        }
+      }
+    }
+  }
+}
+
+// Walks the chunks of a PNG up to IEND (libpng reports truncation too, but without saying so).
+std::optional<std::string> png_problem(const std::string& b) {
+  const size_t n = b.size();
+  size_t pos = 8;
+  std::string last = "the signature";
+  while (true) {
+    if (pos + 8 > n) {
+      return fmt::format(
+          "truncated PNG: the data ends after {} bytes, after {}, before the IEND "
+          "chunk",
+          n, last);
+    }
+    const uint32_t len = be32(b, pos);
+    const std::string type = b.substr(pos + 4, 4);
+    if (len > 0x7FFFFFFFu || !std::all_of(type.begin(), type.end(), [](char c) {
+          return std::isalpha(static_cast<unsigned char>(c));
+        })) {
+      return fmt::format("corrupt PNG: invalid chunk header at byte {}", pos);
+    }
+    if (pos + 12 + size_t{len} > n) {
+      return fmt::format(
+          "truncated PNG: the data ends after {} bytes, inside chunk '{}' at byte "
+          "{}",
+          n, type, pos);
+    }
+    if (type == "IEND") return std::nullopt;
+    last = fmt::format("chunk '{}'", type);
+    pos += 12 + size_t{len};
+  }
+}
+
+std::string describe_start(const std::string& b) {
+  const std::string head = b.substr(0, 16);
+  const bool text = std::all_of(head.begin(), head.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return std::isprint(u) || std::isspace(u) || u >= 0x80;
+  });
+  if (text) {
+    std::string shown;
+    for (char c : head) shown.push_back(std::isprint(static_cast<unsigned char>(c)) ? c : ' ');
+    return fmt::format("it looks like text: \"{}\"", trim(shown));
+  }
+  std::string hex;
+  for (size_t i = 0; i < std::min<size_t>(8, b.size()); ++i) {
+    hex += fmt::format("{:02X} ", static_cast<unsigned char>(b[i]));
+  }
+  return fmt::format("it starts with bytes {}", trim(hex));
+}
+
+void silence_opencv() {
+  static const bool done = [] {
+    cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_SILENT);
+    return true;
+  }();
+  (void)done;
+}
+
+}  // namespace
+
+ImageFile read_image(const std::string& path, bool apply_exif_orientation) {
+  silence_opencv();
+  ImageFile result;
+  std::error_code ec;
+  const auto status = fs::status(path, ec);
+  if (ec || !fs::exists(status)) {
+    result.error = "no such file";
+    return result;
+  }
+  if (fs::is_directory(status)) {
+    result.error = "is a folder";
+    return result;
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    result.error = fmt::format("cannot open the file ({})", std::strerror(errno));
+    return result;
+  }
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) {
+    result.error = fmt::format("cannot read the file ({})", std::strerror(errno));
+    return result;
+  }
+  if (bytes.empty()) {
+    result.error = "empty file (0 bytes)";
+    return result;
+  }
+
+  std::optional<std::string> problem;
+  bool known = true;
+  if (starts_with(bytes, "\xFF\xD8\xFF", 3)) {
+    problem = jpeg_problem(bytes);
+  } else if (starts_with(bytes, "\x89PNG\r\n\x1A\n", 8)) {
+    problem = png_problem(bytes);
+  } else if (!(starts_with(bytes, "BM", 2) || starts_with(bytes, "II*\0", 4) ||
+               starts_with(bytes, "MM\0*", 4) ||
+               (starts_with(bytes, "RIFF", 4) && starts_with(bytes, "WEBP", 4, 8)))) {
+    known = false;  // maybe another format OpenCV reads (PPM, JPEG 2000, ...): let it try
+  }
+  if (problem) {
+    result.error = *problem;
+    return result;
+  }
+
+  cv::Mat mat;
+  try {
+    const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8U, bytes.data());
+    // The flags of dinov2::load_image, so that the tool and the library see the same pixels.
+    mat = cv::imdecode(
+        buffer, cv::IMREAD_COLOR | (apply_exif_orientation ? 0 : cv::IMREAD_IGNORE_ORIENTATION));
+  } catch (const cv::Exception& e) {
+    result.error = fmt::format("cannot decode the image ({})", e.err);
+    return result;
+  }
+  if (mat.empty()) {
+    result.error =
+        known ? "corrupt image data: the decoder rejected it"
+              : fmt::format("not an image in a supported format ({})", describe_start(bytes));
+    return result;
+  }
+  result.mat = std::move(mat);
+  return result;
+}
+
+std::string dump_json(const nlohmann::json& value, int indent) {
+  return value.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Progress
+
+Progress::Progress(int64_t total, int64_t already, std::string unit)
+    : total_(total),
+      done_(already),
+      already_(already),
+      unit_(std::move(unit)),
+      tty_(::isatty(STDERR_FILENO) == 1),
+      start_(Clock::now()),
+      last_draw_(Clock::now()) {
+  draw(true);
+}
+
+void Progress::advance(int64_t n) {
+  done_ += n;
+  draw(false);
+}
+
+void Progress::message(const std::string& line) {
+  if (tty_ && drawn_) std::cerr << "\r\033[K";
+  std::cerr << line << "\n";
+  drawn_ = false;
+  draw(true);
+}
+
+void Progress::draw(bool force) {
+  if (!tty_) return;
+  const auto now = Clock::now();
+  if (!force && now - last_draw_ < std::chrono::milliseconds(100) && done_ < total_) return;
+  last_draw_ = now;
+  const double seconds = std::chrono::duration<double>(now - start_).count();
+  const int64_t here = done_ - already_;
+  const double rate = seconds > 0 ? static_cast<double>(here) / seconds : 0.0;
+  constexpr int kWidth = 30;
+  const int filled =
+      total_ > 0
+          ? static_cast<int>(kWidth * static_cast<double>(done_) / static_cast<double>(total_))
+          : kWidth;
+  std::string bar(static_cast<size_t>(filled), '=');
+  if (filled < kWidth) bar += '>' + std::string(static_cast<size_t>(kWidth - filled - 1), ' ');
+  std::string eta = "--";
+  if (rate > 0 && done_ < total_) {
+    const auto left = static_cast<int64_t>(static_cast<double>(total_ - done_) / rate);
+    eta = left >= 3600 ? fmt::format("{}h{:02}m", left / 3600, left / 60 % 60)
+                       : fmt::format("{}m{:02}s", left / 60, left % 60);
+  }
+  std::cerr << fmt::format("\r\033[K[{}] {}/{} {}  {:.2f} {}/s  ETA {}", bar, done_, total_, unit_,
+                           rate, unit_, eta)
+            << std::flush;
+  drawn_ = true;
+}
+
+std::string Progress::finish() {
+  if (tty_ && drawn_) std::cerr << "\r\033[K" << std::flush;
+  drawn_ = false;
+  const double seconds = std::chrono::duration<double>(Clock::now() - start_).count();
+  const int64_t here = done_ - already_;
+  std::string text = fmt::format("{} {} in {:.1f} s ({:.2f} {}/s)", here, unit_, seconds,
+                                 seconds > 0 ? static_cast<double>(here) / seconds : 0.0, unit_);
+  if (already_ > 0) text += fmt::format(", {} done by an earlier run", already_);
+  return text;
+}
+
+}  // namespace dinov2::cli

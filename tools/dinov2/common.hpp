@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: Apache-2.0
+// Pieces shared by the subcommands of the `dinov2` tool: the model options, the input list
+// (files, folders, @lists), reading images with a reason for every failure, recipe names, JSON
+// output and the progress display.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <opencv2/core.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dinov2/model.hpp"
+#include "dinov2/options.hpp"
+#include "dinov2/preprocess.hpp"
+
+namespace dinov2::cli {
+
+/// @brief The options that choose and place a model: --model, --device, --dtype, --threads.
+struct ModelArgs {
+  std::string path;
+  std::string device = "cpu";
+  std::string dtype = "float32";
+  int threads = 0;
+
+  /// @brief Adds the four options to a subcommand (--model is required).
+  void add_to(CLI::App* app);
+  /// @brief The Options these arguments describe.
+  Options options() const;
+  /// @brief Loads the model; throws dinov2::Error (ModelFileError, DeviceError).
+  Model load() const;
+};
+
+/// @brief The names --recipe accepts: square518, eval224, aligned, or any text Recipe::parse
+/// reads ("square(448)", "patch_aligned(1036,8192)", ...).
+Recipe parse_recipe(const std::string& name);
+/// @brief Help text listing the recipe names.
+const char* recipe_help();
+
+/// @brief Whether a file name has an image extension (jpg, jpeg, png, bmp, tif, tiff, webp;
+/// case-insensitive). Used when walking folders.
+bool has_image_extension(const std::string& path);
+
+/// @brief Expands command-line inputs into a sorted list of unique image paths: a file is taken
+/// as it is (whatever its extension), a folder is walked recursively for files with an image
+/// extension, `@FILE` reads one path per line (blank lines and lines starting with '#' skipped;
+/// relative paths are relative to the current folder, each line expanded like an argument).
+/// Paths that do not exist are kept, so that reading them fails with a reason like any other
+/// bad input. Throws InputError for an unreadable @list or folder.
+std::vector<std::string> collect_inputs(const std::vector<std::string>& args);
+
+/// @brief A decoded image (owning its pixels) or the reason it could not be read.
+struct ImageFile {
+  cv::Mat mat;        ///< CV_8UC3, BGR, as dinov2::load_image returns
+  std::string error;  ///< why it failed; empty on success
+
+  bool ok() const { return error.empty(); }
+};
+
+/// @brief Reads and decodes an image file as dinov2::load_image does (8-bit BGR; gray replicated,
+/// alpha dropped, EXIF orientation applied unless told otherwise), but never throws for a bad
+/// file: an empty, unreadable, truncated or corrupt file, or one that is not an image, gives an
+/// ImageFile with the reason. JPEG and PNG files are walked up to their end marker first, since
+/// the decoders accept a truncated file with only a warning.
+ImageFile read_image(const std::string& path, bool apply_exif_orientation = true);
+
+/// @brief Serialises JSON for output (compact when indent < 0); bytes that are not UTF-8
+/// (possible in file names) become U+FFFD instead of failing.
+std::string dump_json(const nlohmann::json& value, int indent = -1);
+
+/// @brief Progress of a long run on stderr: a redrawn bar with images/s and ETA when stderr is a
+/// terminal; otherwise nothing until summary().
+class Progress {
+ public:
+  /// @param total items to process in this run; @param already items done by an earlier run.
+  Progress(int64_t total, int64_t already, std::string unit = "images");
+  /// @brief Records `n` more items done and redraws the bar (at most 10 times a second).
+  void advance(int64_t n);
+  /// @brief Prints a line above the bar (or plainly when stderr is not a terminal).
+  void message(const std::string& line);
+  /// @brief Clears the bar; returns "N images in T s (R images/s)" for this run.
+  std::string finish();
+  /// @brief Whether stderr is a terminal.
+  bool interactive() const { return tty_; }
+
+ private:
+  void draw(bool force);
+  using Clock = std::chrono::steady_clock;
+  int64_t total_;
+  int64_t done_;
+  int64_t already_;
+  std::string unit_;
+  bool tty_;
+  bool drawn_ = false;
+  Clock::time_point start_;
+  Clock::time_point last_draw_;
+};
+
+/// @brief Splits "I/N" into {I, N}; throws InputError (kInvalidArgument) unless 0 <= I < N.
+std::pair<int64_t, int64_t> parse_shard(const std::string& text);
+
+}  // namespace dinov2::cli
