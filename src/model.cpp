@@ -326,11 +326,24 @@ struct Model::Impl {
     return batch.grids;
   }
 
-  at::Tensor to_model(const at::Tensor& x) const { return x.to(device, dtype); }
+  /// Runs a method of the module on the pixels (copied to the model's device and dtype) and
+  /// further arguments, without autograd bookkeeping.
+  c10::IValue call(const char* method, const at::Tensor& pixels,
+                   std::vector<c10::IValue> more = {}) const {
+    c10::InferenceMode guard;
+    std::vector<c10::IValue> args{pixels.to(device, dtype)};
+    for (auto& a : more) args.push_back(std::move(a));
+    return module.get_method(method)(std::move(args));
+  }
 
-  static at::Tensor to_output(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
+  /// float32, contiguous, and not an inference tensor: called outside InferenceMode, so that
+  /// callers may use the result in autograd code (e.g. to train a probe) without a clone.
+  static at::Tensor to_output(const at::Tensor& t) {
+    at::Tensor out = t.to(at::kFloat).contiguous();
+    return out.is_inference() ? out.clone() : out;
+  }
 
-  void check_finite(std::initializer_list<at::Tensor> outputs) const {
+  void check_finite(const std::vector<at::Tensor>& outputs) const {
     at::Tensor ok;
     for (const auto& t : outputs) {
       if (!t.defined() || t.numel() == 0) continue;
@@ -351,8 +364,7 @@ struct Model::Impl {
   Features run(const at::Tensor& pixels, std::vector<PatchGrid> grids, int64_t h, int64_t w,
                bool with_prenorm) const {
     return translate_errors("running the model", [&] {
-      c10::InferenceMode guard;
-      auto out = module.get_method("forward")({to_model(pixels)}).toTuple();
+      auto out = call("forward", pixels).toTuple();
       const auto& items = out->elements();
       Features f;
       f.cls = to_output(items.at(0).toTensor());
@@ -383,11 +395,7 @@ struct Model::Impl {
       lf.indices.push_back(b < 0 ? b + info.depth : b);
     }
     return translate_errors("running intermediate_layers", [&] {
-      c10::InferenceMode guard;
-      auto out = module
-                     .get_method("intermediate_layers")(
-                         {to_model(pixels), c10::List<int64_t>(blocks), norm})
-                     .toTuple();
+      auto out = call("intermediate_layers", pixels, {c10::List<int64_t>(blocks), norm}).toTuple();
       const auto patches = out->elements().at(0).toTensorVector();
       const auto cls = out->elements().at(1).toTensorVector();
       for (size_t i = 0; i < patches.size(); ++i) {
@@ -397,7 +405,7 @@ struct Model::Impl {
       }
       std::vector<at::Tensor> all(lf.patches);
       all.insert(all.end(), lf.cls.begin(), lf.cls.end());
-      for (const auto& t : all) check_finite({t});
+      check_finite(all);
       lf.grids = std::move(grids);
       return lf;
     });
@@ -505,9 +513,7 @@ at::Tensor Model::cls_attention(const at::Tensor& pixels) const {
   const int64_t h = grid.first;
   const int64_t w = grid.second;
   return translate_errors("running cls_attention", [&] {
-    c10::InferenceMode guard;
-    const at::Tensor attn =
-        impl_->module.get_method("cls_attention")({impl_->to_model(pixels)}).toTensor();
+    const at::Tensor attn = impl_->call("cls_attention", pixels).toTensor();
     at::Tensor out = Impl::to_output(attn).view({attn.size(0), attn.size(1), h, w});
     impl_->check_finite({out});
     return out;

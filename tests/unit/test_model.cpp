@@ -253,6 +253,23 @@ TEST_CASE("normalized() gives unit-length tokens", "[model][features]") {
   CHECK(n.grids.size() == f.grids.size());
 }
 
+TEST_CASE("outputs are ordinary tensors that autograd code can use", "[model][features]") {
+  const auto& m = model("model_s4reg");
+  const auto& x = refs("model_s4reg").at("x_224x224_b1");
+  const auto f = m.extract_features(x, true);
+  CHECK_FALSE(f.cls.is_inference());
+  CHECK_FALSE(f.registers.is_inference());
+  CHECK_FALSE(f.patches.is_inference());
+  CHECK_FALSE(f.prenorm.is_inference());
+  CHECK_FALSE(m.intermediate_layers(x, {1}).patches[0].is_inference());
+  CHECK_FALSE(m.cls_attention(x).is_inference());
+  // A probe trained on the features: d/dW sum(cls W) has every column equal to cls.
+  const auto weight = at::zeros({384, 3}).requires_grad_();
+  at::matmul(f.pooled().narrow(1, 0, 384), weight).sum().backward();
+  REQUIRE(weight.grad().defined());
+  CHECK(max_abs_diff(weight.grad().select(1, 2), f.cls[0]) == 0.0);
+}
+
 TEST_CASE("a Batch keeps its grids and they must match the pixels", "[model]") {
   const auto& m = model("model_s4reg");
   dinov2::Batch batch;
