@@ -188,7 +188,10 @@ uint32_t be32(const std::string& b, size_t at) {
 
 // Walks the marker segments of a JPEG up to its end-of-image marker. libjpeg only warns about a
 // file that ends early (and fills the rest of the picture with grey), so a truncated download
-// would otherwise pass as an image.
+// would otherwise pass as an image. What libjpeg itself treats as fatal (an unknown marker, a
+// segment length below 2, a second start-of-image) is reported here with its position; what it
+// only warns about (stray bytes between segments, damaged entropy-coded data) is left to it, as
+// PIL and OpenCV accept such files.
 std::optional<std::string> jpeg_problem(const std::string& b) {
   const size_t n = b.size();
   auto at = [&](size_t i) { return static_cast<unsigned char>(b[i]); };
@@ -197,15 +200,21 @@ std::optional<std::string> jpeg_problem(const std::string& b) {
   size_t pos = 2;
   while (true) {
     if (pos >= n) return truncated;
-    if (at(pos) != 0xFF) {
-      return fmt::format("corrupt JPEG: expected a marker at byte {} but found 0x{:02X}", pos,
+    if (pos == 2 && at(pos) != 0xFF) {
+      return fmt::format("corrupt JPEG: no marker after the start-of-image marker (found 0x{:02X})",
                          at(pos));
     }
+    // Stray bytes before a marker: libjpeg (and so OpenCV and PIL) skips them with a warning.
+    while (pos < n && at(pos) != 0xFF) ++pos;
+    if (pos >= n) return truncated;
     while (pos < n && at(pos) == 0xFF) ++pos;  // fill bytes
     if (pos >= n) return truncated;
     const unsigned marker = at(pos++);
     if (marker == 0xD9) return std::nullopt;
     if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) continue;  // no payload
+    if (marker == 0x00) {
+      return fmt::format("corrupt JPEG: damaged compressed data near byte {}", pos - 2);
+    }
     if (marker < 0xC0 || marker == 0xD8) {
       return fmt::format("corrupt JPEG: invalid marker 0xFF{:02X} at byte {}", marker, pos - 2);
     }
@@ -327,7 +336,7 @@ ImageFile read_image(const std::string& path, bool apply_exif_orientation) {
 
   std::optional<std::string> problem;
   bool known = true;
-  if (starts_with(bytes, "\xFF\xD8\xFF", 3)) {
+  if (starts_with(bytes, "\xFF\xD8", 2)) {
     problem = jpeg_problem(bytes);
   } else if (starts_with(bytes, "\x89PNG\r\n\x1A\n", 8)) {
     problem = png_problem(bytes);
