@@ -687,7 +687,7 @@ Command register_extract(CLI::App& app) {
                 "Image.open does) instead of turning them upright");
   sub->add_option("inputs", args->inputs, "Images, folders or @lists")
       ->required()
-      ->type_name("INPUT...");
+      ->type_name("INPUT");
   return {sub, [args] { return run_extract(*args); }};
 }
 

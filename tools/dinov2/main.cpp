@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <exception>
 #include <iostream>
+#include <string>
 #include <vector>
 
 #include "commands.hpp"
@@ -41,6 +42,9 @@ int main(int argc, char** argv) {
   CLI::App app{"dinov2: DINOv2 features from the command line", "dinov2"};
   app.set_version_flag("--version", std::string("dinov2 ") + dinov2::kVersion);
   app.require_subcommand(1);
+  app.failure_message([](const CLI::App* failed, const CLI::Error& e) {
+    return "dinov2: " + CLI::FailureMessage::simple(failed, e);
+  });
   app.footer(
       "Run `dinov2 SUBCOMMAND --help` for the options of a subcommand; docs/CLI.md has the "
       "details.\nExit codes: 0 success, 1 unexpected failure, 2 usage/model/output error, "
@@ -50,6 +54,20 @@ int main(int argc, char** argv) {
       register_extract(app),
   };
 
+  // CLI11 would report a mistyped subcommand as a missing one; name it instead.
+  if (argc > 1 && argv[1][0] != '-') {
+    std::string names;
+    bool known = false;
+    for (const auto& command : commands) {
+      names += (names.empty() ? "" : ", ") + command.app->get_name();
+      known = known || command.app->check_name(argv[1]);
+    }
+    if (!known) {
+      std::cerr << "dinov2: unknown subcommand '" << argv[1] << "' (the subcommands are: " << names
+                << "); run `dinov2 --help`\n";
+      return kExitUsage;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
