@@ -54,9 +54,11 @@ inline std::string source_path(const std::string& name) {
 
 /// @brief Reads a `torch.save({name: tensor, ...}, path)` file written by a generator.
 inline std::map<std::string, at::Tensor> load_tensors(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) throw std::runtime_error("test data missing: " + path + " (run the refgen fixture)");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<char> bytes(static_cast<size_t>(in.tellg()));
+  in.seekg(0);
+  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));  // one read, not per char
   auto value = torch::pickle_load(bytes);
   std::map<std::string, at::Tensor> out;
   for (const auto& item : value.toGenericDict()) {
