@@ -41,13 +41,14 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 pytestmark = pytest.mark.skipif(
     not TOOL.exists(),
-    reason=f"the dinov2 tool is not built: {TOOL} is missing (build the project, or set DINOV2_BUILD_DIR "
-    "to the build folder)",
+    reason=f"the dinov2 tool is not built: {TOOL} is missing (build the project, or set "
+    "DINOV2_BUILD_DIR to the build folder)",
 )
 
 
 def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(TOOL), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    cmd = [str(TOOL), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 def load_output(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
@@ -94,8 +95,7 @@ def scripted(model: Path) -> torch.jit.ScriptModule:
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     """The sample photographs (examples/data), or generated ones when they are absent."""
-    images = [p for p in SAMPLES.glob("*") if p.suffix.lower() in (".jpg", ".png")] if SAMPLES.exists() else []
-    if len(images) >= 3:
+    if SAMPLES.exists() and len(photo_paths(SAMPLES)) >= 3:
         return SAMPLES
     folder = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(0)
@@ -139,12 +139,10 @@ def bad_folder(tmp_path_factory, photos: Path) -> Path:
     (folder / "nested").mkdir()
     shutil.copy(good[1], folder / "nested" / f"GOOD_B{good[1].suffix.upper()}")
     # A JPEG whose header segments are overwritten with garbage after the start-of-image marker.
-    jpeg = bytearray((SAMPLES / "astronaut.jpg").read_bytes()) if (SAMPLES / "astronaut.jpg").exists() else None
-    if jpeg is None:
-        buf = folder / "tmp.jpg"
-        Image.open(good[0]).convert("RGB").save(buf, quality=90)
-        jpeg = bytearray(buf.read_bytes())
-        buf.unlink()
+    buf = folder / "tmp.jpg"
+    Image.open(good[0]).convert("RGB").save(buf, quality=90)
+    jpeg = bytearray(buf.read_bytes())
+    buf.unlink()
     jpeg[2:300] = bytes((i * 37 + 11) % 251 for i in range(298))
     (folder / "corrupt.jpg").write_bytes(bytes(jpeg))
     png = folder / "tmp.png"
@@ -214,7 +212,8 @@ def test_bad_images_are_reported_skipped_and_nothing_good_is_lost(tmp_path, mode
     r = run("extract", "--model", model, "--output", out, "--recipe", "eval224", bad_folder)
     assert r.returncode == 3, r.stderr
     for name, reason in BAD_REASONS.items():
-        line = next((l for l in r.stderr.splitlines() if l.startswith("dinov2: skipped") and name in l), None)
+        skipped = [l for l in r.stderr.splitlines() if l.startswith("dinov2: skipped")]
+        line = next((l for l in skipped if name in l), None)
         assert line is not None and reason in line, f"{name}: {r.stderr}"
     assert "readme.txt" not in r.stderr
     tensors, meta = load_output(out)
@@ -243,16 +242,19 @@ def test_npy_format_and_float16_patches(tmp_path, model, photos):
     r = run("extract", "-m", model, "-o", out, "--recipe", "eval224", "--format", "npy",
             "--patch-dtype", "float16", photos)  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["cls.npy", "metadata.json", "patch.npy", "registers.npy"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["cls.npy", "metadata.json", "patch.npy", "registers.npy"]
     cls, registers, patch = (np.load(out / f"{k}.npy") for k in ("cls", "registers", "patch"))
     n = len(photo_paths(photos))
     assert cls.dtype == np.float32 and cls.shape == (n, 384)
     assert registers.dtype == np.float32 and registers.shape == (n, 4, 384)
     assert patch.dtype == np.float16 and patch.shape == (n, 16, 16, 384)
-    assert np.array_equal(cls, t["cls"].numpy()) and np.array_equal(registers, t["registers"].numpy())
+    assert np.array_equal(cls, t["cls"].numpy())
+    assert np.array_equal(registers, t["registers"].numpy())
     assert np.array_equal(patch, t["patch"].half().numpy())
     m = json.loads((out / "metadata.json").read_text())
-    assert m["paths"] == json.loads(meta["paths"]) and m["grid"] == [16, 16] and m["patch_dtype"] == "float16"
+    assert m["paths"] == json.loads(meta["paths"])
+    assert m["grid"] == [16, 16] and m["patch_dtype"] == "float16"
     assert not Path(str(out) + ".parts").exists()
 
 
@@ -262,7 +264,8 @@ def test_no_patches_and_bfloat16_npy_refused(tmp_path, model, photos):
     assert r.returncode == 0, r.stderr
     t, meta = load_output(out)
     assert set(t) == {"cls", "registers"} and meta["patch_layout"] == "none"
-    r = run("extract", "-m", model, "-o", tmp_path / "x", "--format", "npy", "--patch-dtype", "bfloat16", photos)
+    npy = ["--format", "npy", "--patch-dtype", "bfloat16"]
+    r = run("extract", "-m", model, "-o", tmp_path / "x", *npy, photos)
     assert r.returncode == 2 and "dinov2:" in r.stderr and "bfloat16" in r.stderr
 
 
@@ -300,8 +303,9 @@ def test_list_file_input_equals_folder_input(tmp_path, model, photos):
     listing = tmp_path / "list.txt"
     listing.write_text("# my images\n\n" + "\n".join(str(p) for p in reversed(paths)) + "\n")
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    assert run("extract", "-m", model, "-o", a, "--recipe", "eval224", "--no-patches", photos).returncode == 0
-    assert run("extract", "-m", model, "-o", b, "--recipe", "eval224", "--no-patches", f"@{listing}").returncode == 0
+    common = ["extract", "-m", model, "--recipe", "eval224", "--no-patches"]
+    assert run(*common, "-o", a, photos).returncode == 0
+    assert run(*common, "-o", b, f"@{listing}").returncode == 0
     ta, ma = load_output(a)
     tb, mb = load_output(b)
     assert json.loads(ma["paths"]) == json.loads(mb["paths"]) == [str(p) for p in paths]
@@ -373,8 +377,8 @@ def test_union_of_shards_equals_the_unsharded_run(tmp_path, model, many):
 def test_progress_bar_on_a_terminal(tmp_path, model, photos):
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [str(TOOL), "extract", "-m", str(model), "-o", str(tmp_path / "x.safetensors"), "--recipe", "eval224",
-         "--batch", "1", str(photos)],  # fmt: skip
+        [str(TOOL), "extract", "-m", str(model), "-o", str(tmp_path / "x.safetensors"),
+         "--recipe", "eval224", "--batch", "1", str(photos)],  # fmt: skip
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
     )
     os.close(slave)
@@ -399,7 +403,7 @@ def test_progress_bar_on_a_terminal(tmp_path, model, photos):
         (["extract", "-o", "x.safetensors", "img.jpg"], "--model"),
         (["extract", "-m", "absent.pt", "-o", "x.safetensors", "IMAGES"], "absent.pt"),
         (["extract", "-m", "MODEL", "-o", "x.safetensors", "--shard", "3/3", "IMAGES"], "--shard"),
-        (["extract", "-m", "MODEL", "-o", "x.safetensors", "--recipe", "square500", "IMAGES"], "square500"),
+        (["extract", "-m", "MODEL", "-o", "x.safetensors", "--recipe", "sq500", "IMAGES"], "sq500"),
         (["extract", "-m", "MODEL", "-o", "x.safetensors", "EMPTY"], "no images found"),
         (["extract", "-m", "MODEL", "-o", "x.safetensors", "--device", "tpu", "IMAGES"], "tpu"),
         (["nosuchcommand"], "nosuchcommand"),
@@ -408,7 +412,8 @@ def test_progress_bar_on_a_terminal(tmp_path, model, photos):
 def test_usage_errors_exit_2_with_a_message(tmp_path, model, photos, args, message):
     empty = tmp_path / "empty"
     empty.mkdir()
-    subst = {"MODEL": str(model), "IMAGES": str(photos), "EMPTY": str(empty), "x.safetensors": str(tmp_path / "x.st")}
+    subst = {"MODEL": str(model), "IMAGES": str(photos), "EMPTY": str(empty)}
+    subst["x.safetensors"] = str(tmp_path / "x.st")
     r = run(*[subst.get(a, a) for a in args])
     assert r.returncode == 2, r.stderr
     assert "dinov2:" in r.stderr and message in r.stderr, r.stderr

@@ -49,7 +49,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     tensors = sample_tensors()
-    metadata = {"format": "pytorch", "note": "written by safetensors.torch.save_file", "utf8": "ünïcødé"}
+    metadata = {
+        "format": "pytorch",
+        "note": "written by safetensors.torch.save_file",
+        "utf8": "ünïcødé",
+    }
     save_file(tensors, str(out / "io_python.safetensors"), metadata=metadata)
     torch.save(tensors, out / "io_python_expected.pt")
 

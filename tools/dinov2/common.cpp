@@ -432,7 +432,10 @@ std::string Progress::finish() {
   drawn_ = false;
   const double seconds = std::chrono::duration<double>(Clock::now() - start_).count();
   const int64_t here = done_ - already_;
-  std::string text = fmt::format("{} {} in {:.1f} s ({:.2f} {}/s)", here, unit_, seconds,
+  const std::string counted = here == 1 && !unit_.empty() && unit_.back() == 's'
+                                  ? unit_.substr(0, unit_.size() - 1)
+                                  : unit_;
+  std::string text = fmt::format("{} {} in {:.1f} s ({:.2f} {}/s)", here, counted, seconds,
                                  seconds > 0 ? static_cast<double>(here) / seconds : 0.0, unit_);
   if (already_ > 0) text += fmt::format(", {} done by an earlier run", already_);
   return text;
