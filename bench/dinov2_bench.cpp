@@ -1,0 +1,255 @@
+// SPDX-License-Identifier: Apache-2.0
+// The C++ side of the benchmark harness (bench/run.py drives it and the Python reference).
+// Each mode prints one JSON object on stdout; times are in seconds.
+//
+//   dinov2_bench model      --model F --size S --batch B [--iters N] [--warmup W] [--threads T]
+//   [--dtype D] dinov2_bench preprocess --images DIR [--size S] [--iters N] [--threads T]
+//   dinov2_bench e2e        --model F --images DIR [--size S] [--batch B] [--threads T] [--workers
+//   K] dinov2_bench matmul     [--n N] [--iters N] [--threads T]
+#include <ATen/Parallel.h>
+#include <sys/resource.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "dinov2/model.hpp"
+#include "dinov2/opencv.hpp"
+#include "dinov2/preprocess.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
+}
+
+double peak_rss_mb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+std::string json_list(const std::vector<double>& v) {
+  std::ostringstream out;
+  out << "[";
+  for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
+  out << "]";
+  return out.str();
+}
+
+struct Args {
+  std::map<std::string, std::string> values;
+  std::string get(const std::string& key, const std::string& fallback = "") const {
+    auto it = values.find(key);
+    return it == values.end() ? fallback : it->second;
+  }
+  int integer(const std::string& key, int fallback) const {
+    auto it = values.find(key);
+    return it == values.end() ? fallback : std::stoi(it->second);
+  }
+};
+
+Args parse(int argc, char** argv) {
+  Args args;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    std::string key = argv[i];
+    if (key.rfind("--", 0) != 0) throw std::invalid_argument("expected --option value, got " + key);
+    args.values[key.substr(2)] = argv[i + 1];
+  }
+  return args;
+}
+
+std::vector<std::string> list_images(const std::string& dir) {
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const auto ext = entry.path().extension().string();
+    if (ext == ".jpg" || ext == ".jpeg" || ext == ".png") files.push_back(entry.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  if (files.empty()) throw std::runtime_error("no images in " + dir);
+  return files;
+}
+
+dinov2::Options options_from(const Args& args) {
+  dinov2::Options options;
+  options.with_threads(args.integer("threads", 0));
+  const std::string dtype = args.get("dtype", "float32");
+  if (dtype == "bfloat16") options.with_dtype(dinov2::DType::kBFloat16);
+  if (dtype == "float16") options.with_dtype(dinov2::DType::kFloat16);
+  return options;
+}
+
+// Model only: a fixed random batch, the median of timed forward passes after warm-up.
+int run_model(const Args& args) {
+  const auto t0 = Clock::now();
+  auto model = dinov2::Model::load(args.get("model"), options_from(args));
+  const double load_s = seconds_since(t0);
+  const int size = args.integer("size", 224), batch = args.integer("batch", 1);
+  const int iters = args.integer("iters", 10), warmup = args.integer("warmup", 2);
+  torch::manual_seed(0);  // the same input as the Python reference, for the checksum
+  const auto pixels = torch::randn({batch, 3, size, size});
+  std::vector<double> times;
+  dinov2::Features f;
+  for (int i = 0; i < warmup + iters; ++i) {
+    const auto t = Clock::now();
+    f = model.extract_features(pixels);
+    if (i >= warmup) times.push_back(seconds_since(t));
+  }
+  const double checksum = f.cls.sum().item<double>();
+  std::string cosine = "null";
+  if (args.get("dtype", "float32") != "float32") {
+    // Reduced precision is only worth it if the features stay those of float32.
+    auto reference = dinov2::Model::load(args.get("model"),
+                                         options_from(args).with_dtype(dinov2::DType::kFloat32));
+    const auto ref = reference.extract_features(pixels).cls;
+    cosine = std::to_string(at::cosine_similarity(ref, f.cls, 1).min().item<double>());
+  }
+  std::cout << "{\"mode\": \"model\", \"min_cls_cosine\": " << cosine << ", \"load_s\": " << load_s
+            << ", \"median_s\": " << median(times) << ", \"times\": " << json_list(times)
+            << ", \"images_per_s\": " << batch / median(times)
+            << ", \"peak_rss_mb\": " << peak_rss_mb() << ", \"threads\": " << at::get_num_threads()
+            << ", \"checksum\": " << checksum << "}\n";
+  return 0;
+}
+
+// Preprocessing alone: decoded images in memory, resize + normalise per image.
+int run_preprocess(const Args& args) {
+  if (args.integer("threads", 0) > 0) at::set_num_threads(args.integer("threads", 0));
+  const auto files = list_images(args.get("images"));
+  std::vector<cv::Mat> images;
+  for (const auto& f : files) images.push_back(dinov2::load_image(f));
+  dinov2::Preprocessor pre(dinov2::Recipe::square(args.integer("size", 518)));
+  const int iters = args.integer("iters", 3);
+  std::vector<double> per_image;
+  for (int it = 0; it < iters + 1; ++it) {
+    for (const auto& image : images) {
+      const auto t = Clock::now();
+      auto batch = pre(dinov2::image_view(image));
+      if (it > 0) per_image.push_back(seconds_since(t));  // first pass is warm-up
+    }
+  }
+  std::cout << "{\"mode\": \"preprocess\", \"median_s\": " << median(per_image)
+            << ", \"images\": " << images.size() << ", \"peak_rss_mb\": " << peak_rss_mb()
+            << ", \"threads\": " << at::get_num_threads() << "}\n";
+  return 0;
+}
+
+// End to end with the library's batch API: JPEG files -> features in memory. Decoding and
+// preprocessing run on `workers` threads and overlap the forward pass of the previous batch.
+int run_e2e(const Args& args) {
+  auto model = dinov2::Model::load(args.get("model"), options_from(args));
+  const auto files = list_images(args.get("images"));
+  const int size = args.integer("size", 224), batch_size = args.integer("batch", 8);
+  const int workers = std::max(1, args.integer("workers", 1));
+  const dinov2::Preprocessor pre(args.get("recipe", "eval") == "square"
+                                     ? dinov2::Recipe::square(size)
+                                     : dinov2::Recipe::eval_center_crop(size * 256 / 224, size));
+
+  const auto t0 = Clock::now();
+  std::mutex mutex;
+  std::condition_variable ready;
+  const size_t batches = (files.size() + batch_size - 1) / batch_size;
+  std::vector<std::optional<dinov2::Batch>> done(batches);
+  size_t next_batch = 0;
+  std::vector<std::thread> pool;
+  for (int w = 0; w < workers; ++w) {
+    pool.emplace_back([&] {
+      for (;;) {
+        size_t b;
+        {
+          std::lock_guard<std::mutex> lock(mutex);
+          if (next_batch >= batches) return;
+          b = next_batch++;
+        }
+        std::vector<cv::Mat> images;
+        std::vector<dinov2::ImageView> views;
+        for (size_t i = b * batch_size; i < std::min(files.size(), (b + 1) * batch_size); ++i) {
+          images.push_back(dinov2::load_image(files[i]));
+        }
+        for (const auto& m : images) views.push_back(dinov2::image_view(m));
+        auto prepared = pre(views);
+        {
+          std::lock_guard<std::mutex> lock(mutex);
+          done[b] = std::move(prepared);
+        }
+        ready.notify_all();
+      }
+    });
+  }
+  double checksum = 0.0;
+  for (size_t b = 0; b < batches; ++b) {
+    dinov2::Batch batch;
+    {
+      std::unique_lock<std::mutex> lock(mutex);
+      ready.wait(lock, [&] { return done[b].has_value(); });
+      batch = std::move(*done[b]);
+      done[b].reset();
+    }
+    checksum += model.extract_features(batch).cls.sum().item<double>();
+  }
+  for (auto& t : pool) t.join();
+  const double total = seconds_since(t0);
+  std::cout << "{\"mode\": \"e2e\", \"total_s\": " << total << ", \"images\": " << files.size()
+            << ", \"images_per_s\": " << files.size() / total
+            << ", \"peak_rss_mb\": " << peak_rss_mb() << ", \"threads\": " << at::get_num_threads()
+            << ", \"checksum\": " << checksum << "}\n";
+  return 0;
+}
+
+// The machine's float32 matrix-multiply rate, the denominator of the FLOP utilisation.
+int run_matmul(const Args& args) {
+  if (args.integer("threads", 0) > 0) at::set_num_threads(args.integer("threads", 0));
+  const int n = args.integer("n", 2048), iters = args.integer("iters", 10);
+  const auto a = torch::randn({n, n}), b = torch::randn({n, n});
+  std::vector<double> times;
+  for (int i = 0; i < iters + 2; ++i) {
+    const auto t = Clock::now();
+    auto c = at::mm(a, b);
+    if (i >= 2) times.push_back(seconds_since(t));
+  }
+  const double flops = 2.0 * n * static_cast<double>(n) * n;
+  std::cout << "{\"mode\": \"matmul\", \"n\": " << n << ", \"median_s\": " << median(times)
+            << ", \"gflops\": " << flops / median(times) / 1e9
+            << ", \"threads\": " << at::get_num_threads() << "}\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::cerr << "usage: dinov2_bench model|preprocess|e2e|matmul --option value ...\n";
+    return 2;
+  }
+  try {
+    const std::string mode = argv[1];
+    const Args args = parse(argc, argv);
+    if (mode == "model") return run_model(args);
+    if (mode == "preprocess") return run_preprocess(args);
+    if (mode == "e2e") return run_e2e(args);
+    if (mode == "matmul") return run_matmul(args);
+    std::cerr << "dinov2_bench: unknown mode " << mode << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "dinov2_bench: " << e.what() << "\n";
+    return 1;
+  }
+}

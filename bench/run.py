@@ -1,0 +1,249 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Benchmark harness: the C++ library against the Python reference, same machine, same run.
+
+Run with `bench/run.sh` (sets up, builds, then runs this). Each measurement runs in its own
+process so that peak memory is per measurement. Prints a table and appends it, with the machine
+and the command, to docs/BENCHMARKS.md; draws docs/benchmarks.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+REFERENCE = ROOT / "bench" / "reference.py"
+
+# Multiply-accumulates per image, from the architecture (D width, N tokens, L blocks):
+# per block 12*N*D^2 (qkv, proj, 4x MLP) + 2*N^2*D (scores and weighted sum), plus the patch
+# embedding h*w*D*3*14*14. At 518 this gives S 47 G, B 152 G: the published figures.
+DIMS = {"dinov2_vits14": (384, 12), "dinov2_vitb14": (768, 12), "dinov2_vitl14": (1024, 24)}
+
+
+def macs(variant: str, size: int) -> float:
+    d, depth = DIMS[variant.removesuffix("_reg")]
+    hw = (size // 14) ** 2
+    n = 1 + hw + (4 if variant.endswith("_reg") else 0)
+    return depth * (12 * n * d * d + 2 * n * n * d) + hw * d * 3 * 14 * 14
+
+
+def run_json(cmd: list[str]) -> dict:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def export(variant: str, folder: Path, dtype: str = "float32") -> Path:
+    path = folder / f"{variant}_{dtype}.pt"
+    if not path.exists():
+        subprocess.run([str(ROOT / ".venv/bin/dinov2-export"), "--model", variant, "--weights", "random",
+                        "--seed", "0", "--dtype", dtype, "--output", str(path)], check=True,
+                       capture_output=True)
+    return path
+
+
+def make_images(folder: Path, count: int) -> Path:
+    """`count` JPEG photographs of 1024x768 made from the bundled samples (crops and flips)."""
+    from PIL import Image, ImageOps
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.glob("*.jpg"))) == count:
+        return folder
+    sources = sorted(p for p in (ROOT / "examples" / "data").glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not sources:
+        raise SystemExit("bench: no sample photographs in examples/data")
+    for i in range(count):
+        im = Image.open(sources[i % len(sources)]).convert("RGB").resize((1024, 768), Image.BICUBIC)
+        if (i // len(sources)) % 2:
+            im = ImageOps.mirror(im)
+        im.save(folder / f"img{i:03d}.jpg", quality=90)
+    return folder
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, torch {torch.__version__}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--build", type=Path, default=ROOT / "build")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--quick", action="store_true", help="fewer rows and iterations (smoke test)")
+    p.add_argument("--no-record", action="store_true", help="do not append to docs/BENCHMARKS.md")
+    a = p.parse_args()
+
+    bench_bin = a.build / "bench" / "dinov2_bench"
+    cli_bin = a.build / "tools" / "dinov2"
+    work = a.build / "bench-work"
+    work.mkdir(parents=True, exist_ok=True)
+    images = make_images(work / "images", 16 if a.quick else 48)
+    t = str(a.threads)
+    rows: list[dict] = []
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    matmul = run_json([str(bench_bin), "matmul", "--threads", t])
+    peak = matmul["gflops"]
+    log(f"float32 matmul: {peak:.1f} GFLOP/s with {t} threads")
+
+    variants = ["dinov2_vits14"] if a.quick else ["dinov2_vits14", "dinov2_vitb14"]
+    sizes = [224] if a.quick else [224, 518]
+    batches = [1] if a.quick else [1, 8]
+    for variant in variants:
+        model = export(variant, work)
+        for size in sizes:
+            for batch in batches:
+                iters = 2 if a.quick else (3 if size == 518 and batch == 8 else 6)
+                common = ["--model", str(model), "--size", str(size), "--batch", str(batch),
+                          "--iters", str(iters), "--warmup", "1", "--threads", t]
+                log(f"model-only {variant} {size} batch {batch} ...")
+                py = run_json([PY, str(REFERENCE), "model", *common])
+                cc = run_json([str(bench_bin), "model", *common])
+                flops = 2 * macs(variant, size)
+                rows.append({
+                    "kind": "model", "what": f"{variant} {size}px batch {batch}",
+                    "python": py["images_per_s"], "cpp": cc["images_per_s"], "unit": "img/s",
+                    "ratio": cc["images_per_s"] / py["images_per_s"],
+                    "mfu_cpp": flops * cc["images_per_s"] / (peak * 1e9),
+                    "mfu_py": flops * py["images_per_s"] / (peak * 1e9),
+                    "rss_py": py["peak_rss_mb"], "rss_cpp": cc["peak_rss_mb"],
+                    "load_py": py["load_s"], "load_cpp": cc["load_s"],
+                    # transformers interpolates the position embedding of non-register models
+                    # differently from the official model except at 518 (DINOV2.md 3.1).
+                    "same_output": abs(py["checksum"] - cc["checksum"]) <= 1e-3 * max(1.0, abs(py["checksum"]))
+                    if size == 518 or variant.endswith("_reg") else True,
+                })
+                log(f"  python {py['images_per_s']:.2f} img/s, C++ {cc['images_per_s']:.2f} img/s")
+
+    # Reduced precision in the library: bfloat16 against float32, same input.
+    variant = variants[-1]
+    size = 224
+    bf16 = export(variant, work)
+    common = ["--model", str(bf16), "--size", str(size), "--batch", "8", "--iters", "2" if a.quick else "4",
+              "--warmup", "1", "--threads", t]
+    f32 = run_json([str(bench_bin), "model", *common])
+    b16 = run_json([str(bench_bin), "model", *common, "--dtype", "bfloat16"])
+    rows.append({"kind": "bf16", "what": f"{variant} {size}px batch 8, bfloat16 vs float32 (C++)",
+                 "python": f32["images_per_s"], "cpp": b16["images_per_s"], "unit": "img/s",
+                 "ratio": b16["images_per_s"] / f32["images_per_s"], "cosine": b16.get("min_cls_cosine"),
+                 "rss_py": f32["peak_rss_mb"], "rss_cpp": b16["peak_rss_mb"]})
+
+    # Preprocessing alone, per image at 518.
+    py = run_json([PY, str(REFERENCE), "preprocess", "--images", str(images), "--size", "518", "--iters", "2"])
+    cc = run_json([str(bench_bin), "preprocess", "--images", str(images), "--size", "518", "--iters", "2",
+                   "--threads", t])
+    rows.append({"kind": "preprocess", "what": "preprocess 1024x768 -> 518x518, per image",
+                 "python": 1 / py["median_s"], "cpp": 1 / cc["median_s"], "unit": "img/s",
+                 "ratio": py["median_s"] / cc["median_s"], "rss_py": py["peak_rss_mb"], "rss_cpp": cc["peak_rss_mb"]})
+
+    # End to end: JPEG files on disk to features in memory, ViT-S/14 at 224 (eval crop), batch 8.
+    model = export("dinov2_vits14", work)
+    common = ["--model", str(model), "--images", str(images), "--size", "224", "--batch", "8", "--threads", t]
+    py = run_json([PY, str(REFERENCE), "e2e", *common, "--workers", "2"])
+    cc = run_json([str(bench_bin), "e2e", *common, "--workers", "1"])
+    rows.append({"kind": "e2e", "what": "end to end JPEG -> features, ViT-S/14 224 batch 8 (library)",
+                 "python": py["images_per_s"], "cpp": cc["images_per_s"], "unit": "img/s",
+                 "ratio": cc["images_per_s"] / py["images_per_s"], "rss_py": py["peak_rss_mb"],
+                 "rss_cpp": cc["peak_rss_mb"]})
+    if cli_bin.exists():
+        import time
+
+        out = work / "extract.safetensors"
+        cmd = [str(cli_bin), "extract", "--model", str(model), "--output", str(out), "--recipe", "eval224",
+               "--batch", "8", "--threads", t, str(images)]
+        subprocess.run(["rm", "-rf", str(out), str(out) + ".parts"], check=True)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        elapsed = time.perf_counter() - t0
+        n = len(list(images.glob("*.jpg")))
+        rows.append({"kind": "e2e", "what": "end to end, `dinov2 extract` (incl. load and file write)",
+                     "python": py["images_per_s"], "cpp": n / elapsed, "unit": "img/s",
+                     "ratio": n / elapsed / py["images_per_s"], "rss_py": py["peak_rss_mb"], "rss_cpp": None})
+
+    table = render(rows, peak, a.threads)
+    print(table)
+    if not a.no_record:
+        record(table, rows)
+    return 0
+
+
+def fmt(v, spec=".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def render(rows: list[dict], peak: float, threads: int) -> str:
+    lines = [
+        f"float32 matmul rate (2048^3, {threads} threads): {peak:.1f} GFLOP/s",
+        "",
+        "| measurement | Python | C++ | C++/Python | C++ FLOP util. | Python FLOP util. | peak RSS Python / C++ (MB) | load s Python / C++ |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mfu_c = fmt(100 * r["mfu_cpp"], ".0f") + " %" if "mfu_cpp" in r else "-"
+        mfu_p = fmt(100 * r["mfu_py"], ".0f") + " %" if "mfu_py" in r else "-"
+        load = f"{fmt(r.get('load_py'))} / {fmt(r.get('load_cpp'))}" if "load_py" in r else "-"
+        what = r["what"] + ("" if r.get("same_output", True) else " (outputs differ!)")
+        if r["kind"] == "bf16":
+            what += f", min CLS cosine {fmt(r.get('cosine'), '.5f')}"
+        lines.append(
+            f"| {what} | {fmt(r['python'])} {r['unit']} | {fmt(r['cpp'])} {r['unit']} | {r['ratio']:.2f}x "
+            f"| {mfu_c} | {mfu_p} | {fmt(r['rss_py'], '.0f')} / {fmt(r['rss_cpp'], '.0f')} | {load} |"
+        )
+    return "\n".join(lines)
+
+
+def record(table: str, rows: list[dict]) -> None:
+    doc = ROOT / "docs" / "BENCHMARKS.md"
+    if not doc.exists():
+        doc.write_text("# Benchmarks\n\nProduced by `bench/run.sh`; each run appends a section.\n")
+    command = "bench/run.sh " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    with doc.open("a") as f:
+        f.write(f"\n## {stamp}\n\nMachine: {machine()}\n\nCommand: `{command.strip()}`\n\n{table}\n")
+    chart(rows, ROOT / "docs" / "benchmarks.png")
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib missing, no chart drawn", file=sys.stderr)
+        return
+    labels = [r["what"].split(" (")[0] for r in rows]
+    ratios = [r["ratio"] for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.2))
+    ax.barh(range(len(rows)), ratios, color=["tab:green" if x >= 1 else "tab:red" for x in ratios])
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("speed-up of C++ over Python (bf16 row: bfloat16 over float32)")
+    for i, x in enumerate(ratios):
+        ax.text(x, i, f" {x:.2f}x", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
