@@ -623,7 +623,7 @@ TEST_CASE("load_image throws InputError naming a missing or undecodable file",
 // -----------------------------------------------------------------------------------------------
 // Timing (hidden: run with `dinov2_tests "[.timing]" -s`)
 
-TEST_CASE("timing of a 1920x1080 image to 518x518", "[.timing][preprocess]") {
+TEST_CASE("timing of a 1920x1080 image to 518x518", "[.timing]") {
   cv::Mat image(1080, 1920, CV_8UC3);
   cv::randu(image, 0, 256);
   const auto view = dinov2::image_view(image);
