@@ -14,7 +14,6 @@
 #include <exception>
 #include <limits>
 #include <map>
-#include <memory>
 #include <sstream>
 #include <system_error>
 #include <thread>
@@ -38,8 +37,9 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Messages
 
-// Replaces each "{}" of `pattern` with the next argument, streamed. (fmt is not used here: the
-// LibTorch wheel ships its own fmt headers, which shadow the system library's.)
+// Replaces each "{}" of `pattern` with the next argument, streamed. (fmt is not used here, so
+// that this file does not depend on which fmt headers come first: the LibTorch wheel bundles its
+// own.)
 template <typename... Args>
 std::string text(const char* pattern, const Args&... args) {
   std::vector<std::string> items;

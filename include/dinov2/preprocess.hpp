@@ -88,18 +88,15 @@ class Recipe {
   /// positive.
   ResizePlan plan(int64_t height, int64_t width) const;
 
-  /// @brief Square side (kSquare), shorter-side target (kEvalCenterCrop), longer-side target
-  /// (kPatchAligned) or output height (kResize).
-  int first() const noexcept { return a_; }
-  /// @brief Square side (kSquare), crop side (kEvalCenterCrop), 0 (kPatchAligned) or output
-  /// width (kResize).
-  int second() const noexcept { return b_; }
-  /// @brief Token cap of kPatchAligned; 0 for the other kinds.
+  /// @brief Token cap of kPatchAligned; 0 for the other kinds. (The sizes are in to_string(); the
+  /// geometry for an image is plan().)
   int64_t max_tokens() const noexcept { return max_tokens_; }
 
+  /// @brief Same family and same sizes.
   friend bool operator==(const Recipe& x, const Recipe& y) {
     return x.kind_ == y.kind_ && x.a_ == y.a_ && x.b_ == y.b_ && x.max_tokens_ == y.max_tokens_;
   }
+  /// @brief Not operator==.
   friend bool operator!=(const Recipe& x, const Recipe& y) { return !(x == y); }
 
  private:
