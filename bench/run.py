@@ -91,7 +91,7 @@ def main() -> int:
     a = p.parse_args()
 
     bench_bin = a.build / "bench" / "dinov2_bench"
-    cli_bin = a.build / "tools" / "dinov2"
+    cli_bin = a.build / "bin" / "dinov2"
     work = a.build / "bench-work"
     work.mkdir(parents=True, exist_ok=True)
     images = make_images(work / "images", 16 if a.quick else 48)
