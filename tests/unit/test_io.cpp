@@ -278,7 +278,7 @@ TEST_CASE("a corrupt safetensors file is refused with a message naming the probl
              ContainsSubstring("no such file"));
 }
 
-TEST_CASE("npy round trip keeps dtype, shape and values; the header is padded to 64 bytes",
+TEST_CASE("npy round trip keeps dtype, shape and values, with the header padded to 64 bytes",
           "[io]") {
   const std::string dir = scratch("npy");
   for (const auto& [name, t] : sample_tensors()) {
