@@ -16,5 +16,8 @@
 #include "dinov2/opencv.hpp"
 #include "dinov2/options.hpp"
 #include "dinov2/patch_grid.hpp"
+#include "dinov2/pca.hpp"
 #include "dinov2/preprocess.hpp"
+#include "dinov2/probe.hpp"
+#include "dinov2/retrieval.hpp"
 #include "dinov2/version.hpp"
