@@ -29,5 +29,18 @@ struct Command {
 
 /// @brief `dinov2 extract`: features of images to safetensors or npy (cmd_extract.cpp).
 Command register_extract(CLI::App& app);
+/// @brief `dinov2 pca`: PCA pictures of the patch features (cmd_pca.cpp).
+Command register_pca(CLI::App& app);
+/// @brief `dinov2 search`: cosine top-k against an extracted gallery (cmd_search.cpp).
+Command register_search(CLI::App& app);
+/// @brief `dinov2 probe train|eval`: linear and kNN probes on an ImageFolder (cmd_probe.cpp).
+Command register_probe(CLI::App& app);
+/// @brief `dinov2 classify`: top-k classes under a linear head or probe (cmd_classify.cpp).
+Command register_classify(CLI::App& app);
+/// @brief `dinov2 depth`: depth maps from an exported depth head (cmd_depth.cpp).
+Command register_depth(CLI::App& app);
+/// @brief `dinov2 segment`: segmentation maps from an exported segmentation head
+/// (cmd_segment.cpp).
+Command register_segment(CLI::App& app);
 
 }  // namespace dinov2::cli
