@@ -20,6 +20,14 @@ namespace dinov2::cli {
 
 namespace fs = std::filesystem;
 
+namespace {
+/// A library message without its "dinov2: " prefix, to follow "dinov2: skipped PATH: ".
+std::string reason(const std::exception& e) {
+  const std::string what = e.what();
+  return what.rfind("dinov2: ", 0) == 0 ? what.substr(8) : what;
+}
+}  // namespace
+
 Preprocessor model_preprocessor(const Model& model, const Recipe& recipe) {
   const auto& info = model.info();
   return Preprocessor(recipe, Normalization::from({info.mean[0], info.mean[1], info.mean[2]},
@@ -38,7 +46,7 @@ std::optional<InputImage> read_input(const std::string& path, const Preprocessor
   try {
     image.batch = pre(image_view(image.bgr));
   } catch (const InputError& e) {
-    std::cerr << fmt::format("dinov2: skipped {}: {}\n", path, e.what());
+    std::cerr << fmt::format("dinov2: skipped {}: {}\n", path, reason(e));
     return std::nullopt;
   }
   return image;
@@ -79,7 +87,7 @@ Embeddings embed_images(const Model& model, const Preprocessor& pre,
       try {
         b = pre(image_view(file.mat));
       } catch (const InputError& e) {
-        error = e.what();
+        error = reason(e);
       }
     }
     if (!b) {
