@@ -18,7 +18,7 @@ done
 TORCH_VERSION=2.13.0             # its wheel carries the LibTorch the C++ build links
 REF_TORCH=(torch==2.14.1 torchvision==0.29.1)  # timm needs a torchvision matched to its torch
 APT_PACKAGES=(g++ cmake ninja-build python3-venv python3-dev libopencv-dev libeigen3-dev
-  libfmt-dev catch2 nlohmann-json3-dev libcli11-dev clang-format)
+  libfmt-dev catch2 nlohmann-json3-dev libcli11-dev libfaiss-dev clang-format)
 
 log() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 
@@ -60,12 +60,11 @@ if ((REFERENCE)); then
   fi
 fi
 
-# Configure once, then let the build tool decide what is out of date.
+# Configuring again is cheap and keeps the options below true; the build tool then decides
+# what is out of date.
 TORCH_CMAKE=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')
-if [ ! -f build/build.ninja ]; then
-  log "configuring build/"
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_CMAKE" \
-    -DDINOV2_PYTHON="$ROOT/.venv/bin/python" >/dev/null
-fi
+log "configuring build/"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_CMAKE" \
+  -DDINOV2_PYTHON="$ROOT/.venv/bin/python" -DDINOV2_WITH_FAISS=ON >/dev/null
 log "building (cmake --build build)"
 cmake --build build -j "$(nproc)"
