@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
+#include "boundary.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/model.hpp"
 #include "dinov2/version.hpp"
@@ -22,6 +23,8 @@ namespace dinov2 {
 
 namespace {
 
+using detail::torch_message;
+
 using nlohmann::json;
 
 constexpr const char* kHeadFile = "dinov2/head.json";
@@ -29,13 +32,6 @@ constexpr const char* kBackboneFile = "dinov2/metadata.json";
 constexpr const char* kClassifier = "linear_classifier";
 constexpr const char* kDepth = "depth_linear";
 constexpr const char* kSegmentation = "segmentation_linear";
-
-/// The first line of a c10::Error, without LibTorch's backtrace.
-std::string torch_message(const c10::Error& e) {
-  std::string msg = e.what_without_backtrace();
-  const auto eol = msg.find('\n');
-  return eol == std::string::npos ? msg : msg.substr(0, eol);
-}
 
 /// The numbers joined with `sep`: {2, 5} -> "2,5".
 std::string join(const std::vector<int64_t>& v, const char* sep) {

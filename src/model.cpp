@@ -13,12 +13,15 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
+#include "boundary.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/version.hpp"
 
 namespace dinov2 {
 
 namespace {
+
+using detail::torch_message;
 
 using nlohmann::json;
 
@@ -34,17 +37,6 @@ std::string with_commas(int64_t n) {
     out += digits[i];
   }
   return n < 0 ? "-" + out : out;
-}
-
-/// The useful line of a c10::Error: the dinov2 message raised by the scripted module when there
-/// is one, else the first line without LibTorch's backtrace.
-std::string torch_message(const c10::Error& e) {
-  std::string msg = e.what_without_backtrace();
-  const auto ours = msg.rfind("dinov2:");
-  if (ours != std::string::npos) msg = msg.substr(ours);
-  const auto eol = msg.find('\n');
-  if (eol != std::string::npos) msg = msg.substr(0, eol);
-  return msg;
 }
 
 /// Runs `f`, turning LibTorch exceptions into dinov2::Error (dinov2 errors pass through).

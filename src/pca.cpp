@@ -17,6 +17,7 @@
 #include <sstream>
 #include <utility>
 
+#include "boundary.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/io.hpp"
 
@@ -24,34 +25,11 @@ namespace dinov2 {
 
 namespace {
 
+using detail::guarded;
+using detail::shape_of;
+
 using MatrixD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using MapD = Eigen::Map<const MatrixD>;
-
-std::string shape_of(const at::Tensor& t) {
-  if (!t.defined()) return "an undefined tensor";
-  std::ostringstream s;
-  s << "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s << (i ? ", " : "") << t.size(i);
-  s << "]";
-  return s.str();
-}
-
-/// Runs `f`, turning LibTorch and OpenCV exceptions into dinov2::Error naming `what`.
-template <class F>
-auto guarded(const char* what, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const Error&) {
-    throw;
-  } catch (const c10::Error& e) {
-    std::string msg = e.what_without_backtrace();
-    msg = msg.substr(0, msg.find('\n'));
-    throw Error(ErrorCode::kRuntime, std::string("dinov2: ") + what + ": LibTorch failed: " + msg);
-  } catch (const cv::Exception& e) {
-    throw Error(ErrorCode::kRuntime,
-                std::string("dinov2: ") + what + ": OpenCV failed: " + e.what());
-  }
-}
 
 /// The rows of a [..., D] floating tensor as a contiguous [N, D] float64 CPU tensor.
 at::Tensor as_rows(const at::Tensor& t, const char* what) {

@@ -16,6 +16,7 @@
 #include <sstream>
 #include <utility>
 
+#include "boundary.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/io.hpp"
 #include "dinov2/retrieval.hpp"
@@ -24,32 +25,13 @@ namespace dinov2 {
 
 namespace {
 
+using detail::guarded;
+using detail::shape_of;
+
 using nlohmann::json;
 
 constexpr const char* kProbeFormat = "dinov2-linear-probe";
 constexpr int kProbeFormatVersion = 1;
-
-std::string shape_of(const at::Tensor& t) {
-  if (!t.defined()) return "an undefined tensor";
-  std::ostringstream s;
-  s << "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s << (i ? ", " : "") << t.size(i);
-  s << "]";
-  return s.str();
-}
-
-template <class F>
-auto guarded(const char* what, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const Error&) {
-    throw;
-  } catch (const c10::Error& e) {
-    std::string msg = e.what_without_backtrace();
-    throw Error(ErrorCode::kRuntime, std::string("dinov2: ") + what +
-                                         ": LibTorch failed: " + msg.substr(0, msg.find('\n')));
-  }
-}
 
 void check_features(const at::Tensor& x, const char* what, int64_t dim = -1) {
   if (!x.defined() || x.dim() != 2 || !at::isFloatingType(x.scalar_type()) ||

@@ -16,20 +16,15 @@
 #include <faiss/index_io.h>
 #endif
 
+#include "boundary.hpp"
 #include "dinov2/error.hpp"
 
 namespace dinov2 {
 
 namespace {
 
-std::string shape_of(const at::Tensor& t) {
-  if (!t.defined()) return "an undefined tensor";
-  std::ostringstream s;
-  s << "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s << (i ? ", " : "") << t.size(i);
-  s << "]";
-  return s.str();
-}
+using detail::guarded;
+using detail::shape_of;
 
 void check_matrix(const at::Tensor& t, const char* what, int64_t dim = -1) {
   if (!t.defined() || t.dim() != 2 || !at::isFloatingType(t.scalar_type()) ||
@@ -51,19 +46,6 @@ void check_k(int64_t k) {
 at::Tensor l2_normalized(const at::Tensor& x) {
   const at::Tensor f = x.detach().to(at::kFloat);
   return f / f.norm(2, {1}, true).clamp_min(1e-12);
-}
-
-template <class F>
-auto guarded(const char* what, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const Error&) {
-    throw;
-  } catch (const c10::Error& e) {
-    std::string msg = e.what_without_backtrace();
-    throw Error(ErrorCode::kRuntime, std::string("dinov2: ") + what +
-                                         ": LibTorch failed: " + msg.substr(0, msg.find('\n')));
-  }
 }
 
 }  // namespace

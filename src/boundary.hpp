@@ -1,0 +1,54 @@
+// SPDX-License-Identifier: Apache-2.0
+// Private to src/: the helpers every compiled part uses at the API boundary, where LibTorch and
+// OpenCV exceptions become dinov2::Error and tensors are described in messages.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <opencv2/core.hpp>
+
+#include <sstream>
+#include <string>
+
+#include "dinov2/error.hpp"
+
+namespace dinov2::detail {
+
+/// "[2, 3, 224, 224]", or "an undefined tensor".
+inline std::string shape_of(const at::Tensor& t) {
+  if (!t.defined()) return "an undefined tensor";
+  std::ostringstream s;
+  s << "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s << (i ? ", " : "") << t.size(i);
+  s << "]";
+  return s.str();
+}
+
+/// The useful line of a c10::Error: the dinov2 message raised by a scripted module when there
+/// is one, else the first line without LibTorch's backtrace.
+inline std::string torch_message(const c10::Error& e) {
+  std::string msg = e.what_without_backtrace();
+  const auto ours = msg.rfind("dinov2:");
+  if (ours != std::string::npos) msg = msg.substr(ours);
+  const auto eol = msg.find('\n');
+  return eol == std::string::npos ? msg : msg.substr(0, eol);
+}
+
+/// Runs `f`, turning LibTorch and OpenCV exceptions into dinov2::Error naming `what`;
+/// dinov2 errors pass through.
+template <class F>
+auto guarded(const char* what, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const Error&) {
+    throw;
+  } catch (const c10::Error& e) {
+    throw Error(ErrorCode::kRuntime,
+                std::string("dinov2: ") + what + ": LibTorch failed: " + torch_message(e));
+  } catch (const cv::Exception& e) {
+    throw Error(ErrorCode::kRuntime,
+                std::string("dinov2: ") + what + ": OpenCV failed: " + e.what());
+  }
+}
+
+}  // namespace dinov2::detail
