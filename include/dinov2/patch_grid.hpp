@@ -16,9 +16,9 @@ namespace dinov2 {
 /// The model input covers the rectangle (crop_x, crop_y, crop_width, crop_height) of the
 /// original image, in original pixel units, stretched to rows*patch_size x cols*patch_size.
 struct PatchGrid {
-  int64_t rows = 0;         ///< h: patches per column of the input
-  int64_t cols = 0;         ///< w: patches per row of the input
-  int patch_size = 14;      ///< pixels per patch side
+  int64_t rows = 0;             ///< h: patches per column of the input
+  int64_t cols = 0;             ///< w: patches per row of the input
+  int patch_size = 14;          ///< pixels per patch side
   int64_t original_height = 0;  ///< the image as given, before preprocessing
   int64_t original_width = 0;
   double crop_x = 0.0;      ///< left edge of the covered region, original pixels
