@@ -60,7 +60,10 @@ def hf_model_from_export(path: str, dtype: torch.dtype):
     cls = Dinov2WithRegistersModel if variant.has_registers else Dinov2Model
     with tempfile.TemporaryDirectory() as tmp:
         hf_config(variant, meta["depth"]).to_json_file(f"{tmp}/config.json")
-        save_file({k: v.float().contiguous() for k, v in to_huggingface(sd).items()}, f"{tmp}/model.safetensors")
+        save_file(
+            {k: v.float().contiguous() for k, v in to_huggingface(sd).items()},
+            f"{tmp}/model.safetensors",
+        )
         model = cls.from_pretrained(tmp, attn_implementation="sdpa")
     return model.eval().to(dtype)
 
@@ -81,13 +84,22 @@ def run_model(a) -> dict:
             if i >= a.warmup:
                 times.append(time.perf_counter() - t)
     med = statistics.median(times)
-    return {"mode": "model", "load_s": load_s, "median_s": med, "times": times,
-            "images_per_s": a.batch / med, "peak_rss_mb": peak_rss_mb(),
-            "threads": torch.get_num_threads(), "checksum": float(out.float().sum())}
+    return {
+        "mode": "model",
+        "load_s": load_s,
+        "median_s": med,
+        "times": times,
+        "images_per_s": a.batch / med,
+        "peak_rss_mb": peak_rss_mb(),
+        "threads": torch.get_num_threads(),
+        "checksum": float(out.float().sum()),
+    }
 
 
 def list_images(folder: str) -> list[str]:
-    files = sorted(str(p) for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    files = sorted(
+        str(p) for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+    )
     if not files:
         raise SystemExit(f"no images in {folder}")
     return files
@@ -125,8 +137,12 @@ def run_preprocess(a) -> dict:
             square(im, a.size)
             if it > 0:
                 per_image.append(time.perf_counter() - t)
-    return {"mode": "preprocess", "median_s": statistics.median(per_image), "images": len(images),
-            "peak_rss_mb": peak_rss_mb()}
+    return {
+        "mode": "preprocess",
+        "median_s": statistics.median(per_image),
+        "images": len(images),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 class Files(torch.utils.data.Dataset):
@@ -145,16 +161,24 @@ def run_e2e(a) -> dict:
     torch.set_num_threads(a.threads)
     model = hf_model_from_export(a.model, torch.float32)
     files = list_images(a.images)
-    loader = torch.utils.data.DataLoader(Files(files, a.size), batch_size=a.batch, num_workers=a.workers)
+    loader = torch.utils.data.DataLoader(
+        Files(files, a.size), batch_size=a.batch, num_workers=a.workers
+    )
     t0 = time.perf_counter()
     checksum = 0.0
     with torch.inference_mode():
         for x in loader:
             checksum += float(model(pixel_values=x).pooler_output.sum())
     total = time.perf_counter() - t0
-    return {"mode": "e2e", "total_s": total, "images": len(files), "images_per_s": len(files) / total,
-            "peak_rss_mb": peak_rss_mb(children=True), "threads": torch.get_num_threads(),
-            "checksum": checksum}
+    return {
+        "mode": "e2e",
+        "total_s": total,
+        "images": len(files),
+        "images_per_s": len(files) / total,
+        "peak_rss_mb": peak_rss_mb(children=True),
+        "threads": torch.get_num_threads(),
+        "checksum": checksum,
+    }
 
 
 def main() -> None:

@@ -44,9 +44,23 @@ def run_json(cmd: list[str]) -> dict:
 def export(variant: str, folder: Path, dtype: str = "float32") -> Path:
     path = folder / f"{variant}_{dtype}.pt"
     if not path.exists():
-        subprocess.run([str(ROOT / ".venv/bin/dinov2-export"), "--model", variant, "--weights", "random",
-                        "--seed", "0", "--dtype", dtype, "--output", str(path)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [
+                str(ROOT / ".venv/bin/dinov2-export"),
+                "--model",
+                variant,
+                "--weights",
+                "random",
+                "--seed",
+                "0",
+                "--dtype",
+                dtype,
+                "--output",
+                str(path),
+            ],
+            check=True,
+            capture_output=True,
+        )
     return path
 
 
@@ -57,7 +71,11 @@ def make_images(folder: Path, count: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     if len(list(folder.glob("*.jpg"))) == count:
         return folder
-    sources = sorted(p for p in (ROOT / "examples" / "data").glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    sources = sorted(
+        p
+        for p in (ROOT / "examples" / "data").glob("*")
+        if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+    )
     if not sources:
         raise SystemExit("bench: no sample photographs in examples/data")
     for i in range(count):
@@ -113,71 +131,177 @@ def main() -> int:
         for size in sizes:
             for batch in batches:
                 iters = 2 if a.quick else (3 if size == 518 and batch == 8 else 6)
-                common = ["--model", str(model), "--size", str(size), "--batch", str(batch),
-                          "--iters", str(iters), "--warmup", "1", "--threads", t]
+                common = [
+                    "--model",
+                    str(model),
+                    "--size",
+                    str(size),
+                    "--batch",
+                    str(batch),
+                    "--iters",
+                    str(iters),
+                    "--warmup",
+                    "1",
+                    "--threads",
+                    t,
+                ]
                 log(f"model-only {variant} {size} batch {batch} ...")
                 py = run_json([PY, str(REFERENCE), "model", *common])
                 cc = run_json([str(bench_bin), "model", *common])
                 flops = 2 * macs(variant, size)
-                rows.append({
-                    "kind": "model", "what": f"{variant} {size}px batch {batch}",
-                    "python": py["images_per_s"], "cpp": cc["images_per_s"], "unit": "img/s",
-                    "ratio": cc["images_per_s"] / py["images_per_s"],
-                    "mfu_cpp": flops * cc["images_per_s"] / (peak * 1e9),
-                    "mfu_py": flops * py["images_per_s"] / (peak * 1e9),
-                    "rss_py": py["peak_rss_mb"], "rss_cpp": cc["peak_rss_mb"],
-                    "load_py": py["load_s"], "load_cpp": cc["load_s"],
-                    # transformers interpolates the position embedding of non-register models
-                    # differently from the official model except at 518 (DINOV2.md 3.1).
-                    "same_output": abs(py["checksum"] - cc["checksum"]) <= 1e-3 * max(1.0, abs(py["checksum"]))
-                    if size == 518 or variant.endswith("_reg") else True,
-                })
+                rows.append(
+                    {
+                        "kind": "model",
+                        "what": f"{variant} {size}px batch {batch}",
+                        "python": py["images_per_s"],
+                        "cpp": cc["images_per_s"],
+                        "unit": "img/s",
+                        "ratio": cc["images_per_s"] / py["images_per_s"],
+                        "mfu_cpp": flops * cc["images_per_s"] / (peak * 1e9),
+                        "mfu_py": flops * py["images_per_s"] / (peak * 1e9),
+                        "rss_py": py["peak_rss_mb"],
+                        "rss_cpp": cc["peak_rss_mb"],
+                        "load_py": py["load_s"],
+                        "load_cpp": cc["load_s"],
+                        # transformers interpolates the position embedding of non-register models
+                        # differently from the official model except at 518 (DINOV2.md 3.1).
+                        "same_output": abs(py["checksum"] - cc["checksum"])
+                        <= 1e-3 * max(1.0, abs(py["checksum"]))
+                        if size == 518 or variant.endswith("_reg")
+                        else True,
+                    }
+                )
                 log(f"  python {py['images_per_s']:.2f} img/s, C++ {cc['images_per_s']:.2f} img/s")
 
     # Reduced precision in the library: bfloat16 against float32, same input.
     variant = variants[-1]
     size = 224
     bf16 = export(variant, work)
-    common = ["--model", str(bf16), "--size", str(size), "--batch", "8", "--iters", "2" if a.quick else "4",
-              "--warmup", "1", "--threads", t]
+    common = [
+        "--model",
+        str(bf16),
+        "--size",
+        str(size),
+        "--batch",
+        "8",
+        "--iters",
+        "2" if a.quick else "4",
+        "--warmup",
+        "1",
+        "--threads",
+        t,
+    ]
     f32 = run_json([str(bench_bin), "model", *common])
     b16 = run_json([str(bench_bin), "model", *common, "--dtype", "bfloat16"])
-    rows.append({"kind": "bf16", "what": f"{variant} {size}px batch 8, bfloat16 vs float32 (C++)",
-                 "python": f32["images_per_s"], "cpp": b16["images_per_s"], "unit": "img/s",
-                 "ratio": b16["images_per_s"] / f32["images_per_s"], "cosine": b16.get("min_cls_cosine"),
-                 "rss_py": f32["peak_rss_mb"], "rss_cpp": b16["peak_rss_mb"]})
+    rows.append(
+        {
+            "kind": "bf16",
+            "what": f"{variant} {size}px batch 8, bfloat16 vs float32 (C++)",
+            "python": f32["images_per_s"],
+            "cpp": b16["images_per_s"],
+            "unit": "img/s",
+            "ratio": b16["images_per_s"] / f32["images_per_s"],
+            "cosine": b16.get("min_cls_cosine"),
+            "rss_py": f32["peak_rss_mb"],
+            "rss_cpp": b16["peak_rss_mb"],
+        }
+    )
 
     # Preprocessing alone, per image at 518.
-    py = run_json([PY, str(REFERENCE), "preprocess", "--images", str(images), "--size", "518", "--iters", "2"])
-    cc = run_json([str(bench_bin), "preprocess", "--images", str(images), "--size", "518", "--iters", "2",
-                   "--threads", t])
-    rows.append({"kind": "preprocess", "what": "preprocess 1024x768 -> 518x518, per image",
-                 "python": 1 / py["median_s"], "cpp": 1 / cc["median_s"], "unit": "img/s",
-                 "ratio": py["median_s"] / cc["median_s"], "rss_py": py["peak_rss_mb"], "rss_cpp": cc["peak_rss_mb"]})
+    py = run_json(
+        [PY, str(REFERENCE), "preprocess", "--images", str(images), "--size", "518", "--iters", "2"]
+    )
+    cc = run_json(
+        [
+            str(bench_bin),
+            "preprocess",
+            "--images",
+            str(images),
+            "--size",
+            "518",
+            "--iters",
+            "2",
+            "--threads",
+            t,
+        ]
+    )
+    rows.append(
+        {
+            "kind": "preprocess",
+            "what": "preprocess 1024x768 -> 518x518, per image",
+            "python": 1 / py["median_s"],
+            "cpp": 1 / cc["median_s"],
+            "unit": "img/s",
+            "ratio": py["median_s"] / cc["median_s"],
+            "rss_py": py["peak_rss_mb"],
+            "rss_cpp": cc["peak_rss_mb"],
+        }
+    )
 
     # End to end: JPEG files on disk to features in memory, ViT-S/14 at 224 (eval crop), batch 8.
     model = export("dinov2_vits14", work)
-    common = ["--model", str(model), "--images", str(images), "--size", "224", "--batch", "8", "--threads", t]
+    common = [
+        "--model",
+        str(model),
+        "--images",
+        str(images),
+        "--size",
+        "224",
+        "--batch",
+        "8",
+        "--threads",
+        t,
+    ]
     py = run_json([PY, str(REFERENCE), "e2e", *common, "--workers", "2"])
     cc = run_json([str(bench_bin), "e2e", *common, "--workers", "1"])
-    rows.append({"kind": "e2e", "what": "end to end JPEG -> features, ViT-S/14 224 batch 8 (library)",
-                 "python": py["images_per_s"], "cpp": cc["images_per_s"], "unit": "img/s",
-                 "ratio": cc["images_per_s"] / py["images_per_s"], "rss_py": py["peak_rss_mb"],
-                 "rss_cpp": cc["peak_rss_mb"]})
+    rows.append(
+        {
+            "kind": "e2e",
+            "what": "end to end JPEG -> features, ViT-S/14 224 batch 8 (library)",
+            "python": py["images_per_s"],
+            "cpp": cc["images_per_s"],
+            "unit": "img/s",
+            "ratio": cc["images_per_s"] / py["images_per_s"],
+            "rss_py": py["peak_rss_mb"],
+            "rss_cpp": cc["peak_rss_mb"],
+        }
+    )
     if cli_bin.exists():
         import time
 
         out = work / "extract.safetensors"
-        cmd = [str(cli_bin), "extract", "--model", str(model), "--output", str(out), "--recipe", "eval224",
-               "--batch", "8", "--threads", t, str(images)]
+        cmd = [
+            str(cli_bin),
+            "extract",
+            "--model",
+            str(model),
+            "--output",
+            str(out),
+            "--recipe",
+            "eval224",
+            "--batch",
+            "8",
+            "--threads",
+            t,
+            str(images),
+        ]
         subprocess.run(["rm", "-rf", str(out), str(out) + ".parts"], check=True)
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)
         elapsed = time.perf_counter() - t0
         n = len(list(images.glob("*.jpg")))
-        rows.append({"kind": "e2e", "what": "end to end, `dinov2 extract` (incl. load and file write)",
-                     "python": py["images_per_s"], "cpp": n / elapsed, "unit": "img/s",
-                     "ratio": n / elapsed / py["images_per_s"], "rss_py": py["peak_rss_mb"], "rss_cpp": None})
+        rows.append(
+            {
+                "kind": "e2e",
+                "what": "end to end, `dinov2 extract` (incl. load and file write)",
+                "python": py["images_per_s"],
+                "cpp": n / elapsed,
+                "unit": "img/s",
+                "ratio": n / elapsed / py["images_per_s"],
+                "rss_py": py["peak_rss_mb"],
+                "rss_cpp": None,
+            }
+        )
 
     table = render(rows, peak, a.threads)
     print(table)
@@ -218,7 +342,9 @@ def record(table: str, rows: list[dict]) -> None:
     command = "bench/run.sh " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     with doc.open("a") as f:
-        f.write(f"\n## {stamp}\n\nMachine: {machine()}\n\nCommand: `{command.strip()}`\n\n{table}\n")
+        f.write(
+            f"\n## {stamp}\n\nMachine: {machine()}\n\nCommand: `{command.strip()}`\n\n{table}\n"
+        )
     chart(rows, ROOT / "docs" / "benchmarks.png")
 
 

@@ -38,13 +38,18 @@ def jitter(rng: np.random.Generator, base: RGB, amount: int = 30) -> RGB:
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in base)  # type: ignore
 
 
-def noise_background(rng: np.random.Generator, size: int, level: int, spread: int = 20) -> Image.Image:
+def noise_background(
+    rng: np.random.Generator, size: int, level: int, spread: int = 20
+) -> Image.Image:
     a = rng.normal(level, spread, (size, size, 3)).clip(0, 255).astype(np.uint8)
     return Image.fromarray(a, "RGB")
 
 
 def triangle(cx: float, cy: float, r: float, angle: float):
-    return [(cx + r * np.cos(angle + k * 2 * np.pi / 3), cy + r * np.sin(angle + k * 2 * np.pi / 3)) for k in range(3)]
+    return [
+        (cx + r * np.cos(angle + k * 2 * np.pi / 3), cy + r * np.sin(angle + k * 2 * np.pi / 3))
+        for k in range(3)
+    ]
 
 
 # -- classification -----------------------------------------------------------------------------
@@ -140,10 +145,14 @@ def make_segmentation(out: Path, rng: np.random.Generator, count: int, size: int
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", required=True, type=Path, help="folder to write (created)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    ap.add_argument("--per-class", type=int, default=20, help="classification images per class (default 20)")
+    ap.add_argument(
+        "--per-class", type=int, default=20, help="classification images per class (default 20)"
+    )
     ap.add_argument("--seg-images", type=int, default=24, help="segmentation scenes (default 24)")
     ap.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
     args = ap.parse_args()
@@ -151,8 +160,10 @@ def main() -> None:
         ap.error("--per-class must be >= 1, --seg-images >= 0 and --size >= 28")
     make_classification(args.out, np.random.default_rng(args.seed), args.per_class, args.size)
     make_segmentation(args.out, np.random.default_rng(args.seed + 1), args.seg_images, args.size)
-    print(f"wrote {len(CLASSES)} x {args.per_class} classification images and {args.seg_images} "
-          f"segmentation scenes under {args.out}")
+    print(
+        f"wrote {len(CLASSES)} x {args.per_class} classification images and {args.seg_images} "
+        f"segmentation scenes under {args.out}"
+    )
 
 
 if __name__ == "__main__":

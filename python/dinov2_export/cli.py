@@ -20,7 +20,9 @@ def parser() -> argparse.ArgumentParser:
         description="Export a DINOv2 backbone to a TorchScript file with dynamic batch and "
         "resolution, or check an exported file (--check).",
     )
-    p.add_argument("--model", choices=sorted(VARIANTS), help="variant; inferred from the weights if omitted")
+    p.add_argument(
+        "--model", choices=sorted(VARIANTS), help="variant; inferred from the weights if omitted"
+    )
     p.add_argument(
         "--weights",
         help="official .pth, Hugging Face model.safetensors or model folder, or 'random'",
@@ -76,16 +78,24 @@ def head_parser() -> argparse.ArgumentParser:
         f"TorchScript head file for the dinov2 C++ library. Kinds and datasets: {kinds}.",
     )
     p.add_argument("--kind", required=True, choices=list(KINDS))
-    p.add_argument("--backbone", required=True, choices=sorted(VARIANTS),
-                   help="the backbone the head was trained on")
+    p.add_argument(
+        "--backbone",
+        required=True,
+        choices=sorted(VARIANTS),
+        help="the backbone the head was trained on",
+    )
     p.add_argument("--dataset", help="training set of the head; default: the kind's first")
     p.add_argument("--weights", required=True, help="official head .pth, or 'random'")
     p.add_argument("--output", required=True, type=Path, help="the head file to write")
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default 0)")
     ranges = ", ".join(f"{k} {lo:g}-{hi:g}" for k, (lo, hi) in DEPTH_RANGES.items())
     p.add_argument("--min-depth", type=float, help=f"depth heads: first bin in metres ({ranges})")
-    p.add_argument("--max-depth", type=float, help="depth heads: last bin in metres "
-                   "(the official hub constructor uses 80 for every dataset)")
+    p.add_argument(
+        "--max-depth",
+        type=float,
+        help="depth heads: last bin in metres "
+        "(the official hub constructor uses 80 for every dataset)",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 

@@ -101,7 +101,9 @@ def check(path: Path, weights: Optional[LoadedWeights] = None, seed: int = 0) ->
     with torch.inference_mode():
         for h, wd in ((224, 224), (280, 462)):
             x = torch.randn(2, 3, h, wd, generator=g)
-            for name, a, b in zip(("cls", "registers", "patches", "prenorm"), scripted(x), eager(x)):
+            for name, a, b in zip(
+                ("cls", "registers", "patches", "prenorm"), scripted(x), eager(x)
+            ):
                 err = (a.float() - b.float()).abs().max().item() if a.numel() else 0.0
                 errors[f"{name}@{h}x{wd}"] = err
     return errors

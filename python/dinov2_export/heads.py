@@ -201,9 +201,7 @@ def unwrap_checkpoint(raw: Any, path: str = "checkpoint") -> StateDict:
     return sd
 
 
-def check_head_state_dict(
-    sd: StateDict, kind: HeadKind, variant: Variant, dataset: str
-) -> None:
+def check_head_state_dict(sd: StateDict, kind: HeadKind, variant: Variant, dataset: str) -> None:
     """Raise HeadError naming the first missing, mis-shaped or unexpected key."""
     expected = expected_shapes(kind, variant, dataset)
     for key, shape in expected.items():
@@ -283,8 +281,11 @@ def official_depth(
     ]
     up = [s * DEPTH_UPSAMPLE for s in inputs[0].shape[2:]]
     inputs = [F.interpolate(x, size=up, mode="bilinear", align_corners=False) for x in inputs]
-    logit = F.conv2d(torch.cat(inputs, dim=1), sd["decode_head.conv_depth.weight"],
-                     sd["decode_head.conv_depth.bias"])
+    logit = F.conv2d(
+        torch.cat(inputs, dim=1),
+        sd["decode_head.conv_depth.weight"],
+        sd["decode_head.conv_depth.bias"],
+    )
     logit = torch.relu(logit) + DEPTH_SCORE_OFFSET
     logit = logit / logit.sum(dim=1, keepdim=True)
     bins = torch.linspace(min_depth, max_depth, DEPTH_BINS, device=logit.device)
@@ -369,7 +370,9 @@ class DepthLinearHead(nn.Module):
         depth = (p * self.bins.view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
         depth = depth.clamp(self.min_depth, self.max_depth)
         depth = F.interpolate(
-            depth, size=[h * self.patch_size, w * self.patch_size], mode="bilinear",
+            depth,
+            size=[h * self.patch_size, w * self.patch_size],
+            mode="bilinear",
             align_corners=False,
         )
         return depth[:, 0]

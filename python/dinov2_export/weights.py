@@ -68,7 +68,9 @@ def official_from_raw(raw: Dict[str, Any]) -> StateDict:
     sd: StateDict = {}
     for key, value in raw.items():
         if not isinstance(value, Tensor):
-            raise WeightsError(f"checkpoint entry {key!r} is a {type(value).__name__}, not a tensor")
+            raise WeightsError(
+                f"checkpoint entry {key!r} is a {type(value).__name__}, not a tensor"
+            )
         if key.startswith("backbone."):
             key = key[len("backbone.") :]
         elif key.startswith(("dino_head.", "ibot_head.")):
@@ -120,8 +122,10 @@ _HF_RENAME = {
 }
 # Pieces that are concatenated along the output dimension, in order.
 _HF_SPLIT = {
-    "qkv": (("attention.attention.query", "attention.attention.key", "attention.attention.value"),
-            ("attention.q_proj", "attention.k_proj", "attention.v_proj")),
+    "qkv": (
+        ("attention.attention.query", "attention.attention.key", "attention.attention.value"),
+        ("attention.q_proj", "attention.k_proj", "attention.v_proj"),
+    ),
     "w12": (("mlp.gate_proj", "mlp.up_proj"),),
 }
 _HF_TOP = {
@@ -157,7 +161,9 @@ def official_from_hf(hf: StateDict) -> StateDict:
             sd[f"blocks.{i}.{_HF_RENAME[rest]}"] = value
             continue
         piece, _, kind = rest.rpartition(".")
-        if kind in ("weight", "bias") and any(piece in names for g in _HF_SPLIT.values() for names in g):
+        if kind in ("weight", "bias") and any(
+            piece in names for g in _HF_SPLIT.values() for names in g
+        ):
             pieces.setdefault((i, kind), {})[piece] = value
         else:
             raise WeightsError(f"unexpected key {key!r} in the Hugging Face checkpoint")
@@ -255,7 +261,9 @@ def random_state_dict(variant: Variant, depth: int, seed: int, pos_grid: int = 3
 def infer_architecture(sd: StateDict) -> tuple[Variant, int, int]:
     """(variant, depth, pos_grid) from the shapes in an official-named state dict."""
     if "cls_token" not in sd:
-        raise WeightsError("missing key 'cls_token' (expected shape (1, 1, D)); not a DINOv2 backbone")
+        raise WeightsError(
+            "missing key 'cls_token' (expected shape (1, 1, D)); not a DINOv2 backbone"
+        )
     dim = sd["cls_token"].shape[-1]
     regs = sd["register_tokens"].shape[1] if "register_tokens" in sd else 0
     variant = variant_for(dim, regs)

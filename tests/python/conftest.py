@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from dinov2_export.export import export
-from dinov2_export.variants import Variant, get_variant
+from dinov2_export.variants import Variant
 from dinov2_export.weights import LoadedWeights, load_weights, to_huggingface
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,7 +81,11 @@ def hf_outputs(model, x: torch.Tensor, registers: int) -> Dict[str, torch.Tensor
     with torch.inference_mode():
         out = model(pixel_values=x, output_hidden_states=True)
         last = out.last_hidden_state
-        res = {"cls": last[:, 0], "registers": last[:, 1 : 1 + registers], "patches": last[:, 1 + registers :]}
+        res = {
+            "cls": last[:, 0],
+            "registers": last[:, 1 : 1 + registers],
+            "patches": last[:, 1 + registers :],
+        }
         for i, hidden in enumerate(out.hidden_states[1:]):  # [0] is the embedding output
             normed = model.layernorm(hidden)
             res[f"block{i}/patches"] = normed[:, 1 + registers :]
@@ -92,11 +95,15 @@ def hf_outputs(model, x: torch.Tensor, registers: int) -> Dict[str, torch.Tensor
     return res
 
 
-def timm_outputs(w: LoadedWeights, tmp: Path, sizes: List[Tuple[int, int]]) -> Dict[str, torch.Tensor]:
+def timm_outputs(
+    w: LoadedWeights, tmp: Path, sizes: List[Tuple[int, int]]
+) -> Dict[str, torch.Tensor]:
     """timm's outputs on the same weights, computed in the reference venv."""
     python = reference_python()
     if python is None:
-        pytest.skip("timm reference venv missing: run scripts/setup.sh --reference (needs torchvision)")
+        pytest.skip(
+            "timm reference venv missing: run scripts/setup.sh --reference (needs torchvision)"
+        )
     ckpt, out = tmp / "official.pth", tmp / "timm_out.pt"
     torch.save(w.state_dict, ckpt)
     script = REPO / "tests" / "python" / "timm_reference.py"

@@ -50,14 +50,18 @@ pytestmark = pytest.mark.skipif(
 
 
 def run(*args, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(TOOL), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(TOOL), *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def example(name: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
     exe = EXAMPLES / name
     if not exe.exists():
         pytest.skip(f"the example {name} is not built: {exe} is missing (DINOV2_BUILD_EXAMPLES=ON)")
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def photos() -> List[Path]:
@@ -146,7 +150,12 @@ def numpy_pca_colours(patches: np.ndarray, clip: float = 1.0) -> np.ndarray:
 def test_pca_pictures_match_numpy_on_the_extracted_patches(tmp_path, model):
     images = photos()[:3]
     feats = tmp_path / "f.safetensors"
-    assert run("extract", "--model", model, "--output", feats, "--recipe", "square(224)", *images).returncode == 0
+    assert (
+        run(
+            "extract", "--model", model, "--output", feats, "--recipe", "square(224)", *images
+        ).returncode
+        == 0
+    )
     out = tmp_path / "pca"
     r = run("pca", "--model", model, "--output", out, "--recipe", "square(224)", *images)
     assert r.returncode == 0, r.stderr
@@ -170,8 +179,20 @@ def test_pca_mask_and_failures(tmp_path, model):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
     out = tmp_path / "pca"
-    r = run("pca", "--model", model, "--output", out, "--recipe", "square(224)", "--mask", "--components", "1",
-            *images, bad)
+    r = run(
+        "pca",
+        "--model",
+        model,
+        "--output",
+        out,
+        "--recipe",
+        "square(224)",
+        "--mask",
+        "--components",
+        "1",
+        *images,
+        bad,
+    )
     assert r.returncode == 3, r.stderr  # the good images are done, the bad one reported
     assert "broken.png" in r.stderr and r.stderr.startswith("dinov2:")
     for path in images:
@@ -228,14 +249,40 @@ def test_search_text_output_and_k_beyond_the_gallery(model, gallery):
 def test_search_with_a_faiss_index_or_a_clear_refusal(tmp_path, model, gallery):
     index = tmp_path / "gallery.faiss"
     query = photos()[2]
-    r = run("search", "--gallery", gallery, "--model", model, "--k", 4, "--json", "--index", index, query)
+    r = run(
+        "search",
+        "--gallery",
+        gallery,
+        "--model",
+        model,
+        "--k",
+        4,
+        "--json",
+        "--index",
+        index,
+        query,
+    )
     if r.returncode == 2 and "no FAISS support" in r.stderr:
         assert r.stderr.startswith("dinov2:") and "DINOV2_WITH_FAISS" in r.stderr
         return
     assert r.returncode == 0, r.stderr
     assert index.exists()
-    exact = json.loads(run("search", "--gallery", gallery, "--model", model, "--k", 4, "--json", query).stdout)
-    again = run("search", "--gallery", gallery, "--model", model, "--k", 4, "--json", "--index", index, query)
+    exact = json.loads(
+        run("search", "--gallery", gallery, "--model", model, "--k", 4, "--json", query).stdout
+    )
+    again = run(
+        "search",
+        "--gallery",
+        gallery,
+        "--model",
+        model,
+        "--k",
+        4,
+        "--json",
+        "--index",
+        index,
+        query,
+    )
     assert again.returncode == 0, again.stderr
     for result in (json.loads(r.stdout), json.loads(again.stdout)):
         assert [h["row"] for h in result[0]["results"]] == [h["row"] for h in exact[0]["results"]]
@@ -264,8 +311,21 @@ def parse_top1(text: str, what: str) -> float:
 
 def test_probe_train_separates_the_generated_classes(tmp_path, model, data):
     head = tmp_path / "probe.safetensors"
-    r = run("probe", "train", "--model", model, "--data", data / "classification", "--output", head,
-            "--val-split", 0.25, "--seed", 3, "--knn")
+    r = run(
+        "probe",
+        "train",
+        "--model",
+        model,
+        "--data",
+        data / "classification",
+        "--output",
+        head,
+        "--val-split",
+        0.25,
+        "--seed",
+        3,
+        "--knn",
+    )
     assert r.returncode == 0, r.stderr
     val = parse_top1(r.stdout, "validation")
     knn = parse_top1(r.stdout, "kNN (k = 20, T = 0.07) validation")
@@ -279,7 +339,9 @@ def test_probe_train_separates_the_generated_classes(tmp_path, model, data):
         meta = f.metadata()
         assert f.get_tensor("weight").shape == (4, 2 * 384) and f.get_tensor("bias").shape == (4,)
     assert meta["format"] == "dinov2-linear-probe"
-    assert json.loads(meta["class_names"]) == sorted(p.name for p in (data / "classification").iterdir())
+    assert json.loads(meta["class_names"]) == sorted(
+        p.name for p in (data / "classification").iterdir()
+    )
     assert abs(float(meta["val_top1"]) * 100 - val) < 0.01
     assert meta["val_images"] == "20" and meta["train_images"] == "60"  # 5 of 20 per class
 
@@ -299,8 +361,20 @@ def test_probe_split_is_reproducible_and_the_seed_matters(tmp_path, model, data)
     outs = []
     for i, seed in enumerate((5, 5, 6)):
         head = tmp_path / f"p{i}.safetensors"
-        r = run("probe", "train", "--model", model, "--data", data / "classification", "--output", head,
-                "--seed", seed, "--features", "cls")
+        r = run(
+            "probe",
+            "train",
+            "--model",
+            model,
+            "--data",
+            data / "classification",
+            "--output",
+            head,
+            "--seed",
+            seed,
+            "--features",
+            "cls",
+        )
         assert r.returncode == 0, r.stderr
         outs.append(load_file(str(head))["weight"])
     assert torch.equal(outs[0], outs[1])
@@ -309,7 +383,16 @@ def test_probe_split_is_reproducible_and_the_seed_matters(tmp_path, model, data)
 
 
 def test_probe_errors(tmp_path, model, data):
-    r = run("probe", "train", "--model", model, "--data", tmp_path / "missing", "--output", tmp_path / "h")
+    r = run(
+        "probe",
+        "train",
+        "--model",
+        model,
+        "--data",
+        tmp_path / "missing",
+        "--output",
+        tmp_path / "h",
+    )
     assert r.returncode == 2 and "not a folder" in r.stderr and r.stderr.startswith("dinov2:")
     one = tmp_path / "one"
     (one / "only").mkdir(parents=True)
@@ -366,15 +449,28 @@ def test_depth_writes_colour_and_millimetre_pngs(tmp_path, full_model):
     head = export_head(tmp_path, "depth_linear", seed=2)
     images = photos()[:2]
     out = tmp_path / "depth"
-    r = run("depth", "--model", full_model, "--head", head, "--output", out, "--recipe", "patch_aligned(224)",
-            "--raw", *images)
+    r = run(
+        "depth",
+        "--model",
+        full_model,
+        "--head",
+        head,
+        "--output",
+        out,
+        "--recipe",
+        "patch_aligned(224)",
+        "--raw",
+        *images,
+    )
     assert r.returncode == 0, r.stderr
     for path in images:
         colour = Image.open(out / f"{path.stem}_depth.png")
         assert colour.size == Image.open(path).size and colour.mode == "RGB"
         mm = np.asarray(Image.open(out / f"{path.stem}_depth16.png")).astype(np.int64)
         assert mm.shape == (colour.size[1], colour.size[0])
-        m = re.search(rf"^{re.escape(str(path))} -> .*: depth ([\d.]+) \.\. ([\d.]+) m", r.stdout, flags=re.M)
+        m = re.search(
+            rf"^{re.escape(str(path))} -> .*: depth ([\d.]+) \.\. ([\d.]+) m", r.stdout, flags=re.M
+        )
         assert m, r.stdout
         lo, hi = float(m.group(1)), float(m.group(2))
         assert 0.001 <= lo <= hi <= 10.0  # the NYU range of the head
@@ -391,8 +487,20 @@ def test_segment_paints_the_palette(tmp_path, full_model):
     out = tmp_path / "seg"
     bad = tmp_path / "empty.jpg"
     bad.write_bytes(b"")
-    r = run("segment", "--model", full_model, "--head", head, "--output", out, "--recipe", "square(224)",
-            "--overlay", *images, bad)
+    r = run(
+        "segment",
+        "--model",
+        full_model,
+        "--head",
+        head,
+        "--output",
+        out,
+        "--recipe",
+        "square(224)",
+        "--overlay",
+        *images,
+        bad,
+    )
     assert r.returncode == 3, r.stderr
     assert "empty.jpg" in r.stderr
     for path in images:

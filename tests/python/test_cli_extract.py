@@ -377,9 +377,22 @@ def test_union_of_shards_equals_the_unsharded_run(tmp_path, model, many):
 def test_progress_bar_on_a_terminal(tmp_path, model, photos):
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [str(TOOL), "extract", "-m", str(model), "-o", str(tmp_path / "x.safetensors"),
-         "--recipe", "eval224", "--batch", "1", str(photos)],  # fmt: skip
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
+        [
+            str(TOOL),
+            "extract",
+            "-m",
+            str(model),
+            "-o",
+            str(tmp_path / "x.safetensors"),
+            "--recipe",
+            "eval224",
+            "--batch",
+            "1",
+            str(photos),
+        ],  # fmt: skip
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
     )
     os.close(slave)
     chunks = []

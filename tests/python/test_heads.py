@@ -60,7 +60,11 @@ def run_head(kind, module, sd, meta, patches, cls, h, w):
             return module(cls, patches[-1]), H.official_classifier(sd, cls, patches[-1])
         if kind.startswith("depth"):
             ref = H.official_depth(
-                sd, [to_map(p, h, w) for p in patches], cls, meta["min_depth"], meta["max_depth"],
+                sd,
+                [to_map(p, h, w) for p in patches],
+                cls,
+                meta["min_depth"],
+                meta["max_depth"],
                 (14 * h, 14 * w),
             )
             return module(patches, cls, h, w), ref[:, 0]
@@ -123,8 +127,11 @@ def test_segmentation_labels_are_argmax_of_upsampled_logits(tmp_path):
 def test_batch_norm_fold_is_not_a_no_op(tmp_path):
     hw, module, _, _ = export(tmp_path, "seg_linear", "voc2012")
     sd = hw.state_dict
-    conv_only = F.linear(torch.ones(1, 384), sd["decode_head.conv_seg.weight"].flatten(1),
-                         sd["decode_head.conv_seg.bias"])
+    conv_only = F.linear(
+        torch.ones(1, 384),
+        sd["decode_head.conv_seg.weight"].flatten(1),
+        sd["decode_head.conv_seg.bias"],
+    )
     folded = F.linear(torch.ones(1, 384), module.weight, module.bias)
     assert (conv_only - folded).abs().max() > 0.1
 
@@ -152,13 +159,19 @@ def test_official_checkpoint_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "mutate,message",
     [
-        (lambda sd: sd.pop("decode_head.conv_depth.bias"),
-         "missing key 'decode_head.conv_depth.bias' (expected shape (256,))"),
-        (lambda sd: sd.__setitem__("decode_head.conv_depth.weight", torch.zeros(256, 768, 1, 1)),
-         "key 'decode_head.conv_depth.weight' has shape (256, 768, 1, 1), "
-         "expected (256, 3072, 1, 1)"),
-        (lambda sd: sd.__setitem__("decode_head.extra.weight", torch.zeros(3)),
-         "unexpected key 'decode_head.extra.weight'"),
+        (
+            lambda sd: sd.pop("decode_head.conv_depth.bias"),
+            "missing key 'decode_head.conv_depth.bias' (expected shape (256,))",
+        ),
+        (
+            lambda sd: sd.__setitem__("decode_head.conv_depth.weight", torch.zeros(256, 768, 1, 1)),
+            "key 'decode_head.conv_depth.weight' has shape (256, 768, 1, 1), "
+            "expected (256, 3072, 1, 1)",
+        ),
+        (
+            lambda sd: sd.__setitem__("decode_head.extra.weight", torch.zeros(3)),
+            "unexpected key 'decode_head.extra.weight'",
+        ),
     ],
 )
 def test_strict_loading_names_the_key(mutate, message, tmp_path):
@@ -238,16 +251,40 @@ def test_random_heads_are_seeded(tmp_path):
 
 def test_cli_exports_and_reports_errors(tmp_path, capsys):
     out = tmp_path / "head.pt"
-    rc = head_main(["--kind", "depth_linear4", "--backbone", "dinov2_vits14", "--dataset", "kitti",
-                    "--weights", "random", "--seed", "2", "--output", str(out)])
+    rc = head_main(
+        [
+            "--kind",
+            "depth_linear4",
+            "--backbone",
+            "dinov2_vits14",
+            "--dataset",
+            "kitti",
+            "--weights",
+            "random",
+            "--seed",
+            "2",
+            "--output",
+            str(out),
+        ]
+    )
     assert rc == 0 and out.exists()
     meta = H.read_head_metadata(out)
     assert meta["weights"]["seed"] == 2 and meta["dataset"] == "kitti"
     assert json.loads(json.dumps(meta)) == meta
     bad = tmp_path / "bad.pth"
     torch.save({"weight": torch.zeros(1000, 768)}, bad)
-    rc = head_main(["--kind", "linear", "--backbone", "dinov2_vits14", "--weights", str(bad),
-                    "--output", str(tmp_path / "x.pt")])
+    rc = head_main(
+        [
+            "--kind",
+            "linear",
+            "--backbone",
+            "dinov2_vits14",
+            "--weights",
+            str(bad),
+            "--output",
+            str(tmp_path / "x.pt"),
+        ]
+    )
     assert rc == 2
     assert "missing key 'bias' (expected shape (1000,))" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()

@@ -92,7 +92,9 @@ def test_non_register_interpolation_follows_the_offset_formula(models, h0, w0):
     assert np.abs(ours - ref).max() <= 1e-5
     # The +0.1 matters: plain size-based sampling is measurably different away from 37x37.
     if (h0, w0) != (37, 37):
-        plain = apply_separable(grid, scale_factor_matrix(37, h0, h0 / 37), scale_factor_matrix(37, w0, w0 / 37))
+        plain = apply_separable(
+            grid, scale_factor_matrix(37, h0, h0 / 37), scale_factor_matrix(37, w0, w0 / 37)
+        )
         assert np.abs(plain - ref).max() > 1e-3
 
 
@@ -108,4 +110,6 @@ def test_register_interpolation_is_the_antialiased_filter(models, h0, w0):
 
 def test_518_skips_interpolation(models):
     for w, scripted in models.values():
-        assert torch.equal(scripted.interpolate_pos_encoding(37, 37, torch.float32), w.state_dict["pos_embed"])
+        assert torch.equal(
+            scripted.interpolate_pos_encoding(37, 37, torch.float32), w.state_dict["pos_embed"]
+        )

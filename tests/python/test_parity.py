@@ -15,7 +15,16 @@ import sys
 import pytest
 import torch
 
-from conftest import TOL, ErrorLog, export_and_load, hf_model, hf_outputs, max_err, random_weights, timm_outputs
+from conftest import (
+    TOL,
+    ErrorLog,
+    export_and_load,
+    hf_model,
+    hf_outputs,
+    max_err,
+    random_weights,
+    timm_outputs,
+)
 
 REG_SIZES = [(224, 224), (518, 518), (280, 462), (630, 350)]
 NONREG_SIZES = [(518, 518)]
@@ -56,7 +65,9 @@ def test_matches_transformers(model, tmp_path):
     for h, wd in sizes:
         x = torch.randn(2, 3, h, wd, generator=g)
         ref = hf_outputs(ref_model, x, w.variant.num_register_tokens)
-        compare_all(scripted, x, ref, w.variant.num_register_tokens, DEPTH, f"transformers {model} {h}x{wd}")
+        compare_all(
+            scripted, x, ref, w.variant.num_register_tokens, DEPTH, f"transformers {model} {h}x{wd}"
+        )
 
 
 @pytest.mark.parametrize("model", ["dinov2_vits14_reg", "dinov2_vits14"])
@@ -68,13 +79,17 @@ def test_matches_timm(model, tmp_path):
     for h, wd in sizes:
         key = f"{h}x{wd}"
         sub = {k[len(key) + 1 :]: v for k, v in ref.items() if k.startswith(key + "/")}
-        compare_all(scripted, sub["input"], sub, w.variant.num_register_tokens, DEPTH, f"timm {model} {key}")
+        compare_all(
+            scripted, sub["input"], sub, w.variant.num_register_tokens, DEPTH, f"timm {model} {key}"
+        )
 
 
 def official_model(w):
     src = os.environ.get("DINOV2_OFFICIAL_SRC")
     if not src:
-        pytest.skip("DINOV2_OFFICIAL_SRC is not set (path to a checkout of the official repository)")
+        pytest.skip(
+            "DINOV2_OFFICIAL_SRC is not set (path to a checkout of the official repository)"
+        )
     os.environ.setdefault("XFORMERS_DISABLED", "1")
     sys.path.insert(0, src)
     from functools import partial
@@ -84,10 +99,18 @@ def official_model(w):
 
     v = w.variant
     model = DinoVisionTransformer(
-        img_size=518, patch_size=14, embed_dim=v.embed_dim, depth=w.depth, num_heads=v.num_heads,
-        mlp_ratio=4, block_fn=partial(NestedTensorBlock, attn_class=MemEffAttention),
-        ffn_layer="swiglufused" if v.ffn == "swiglu" else "mlp", init_values=1.0, block_chunks=0,
-        num_register_tokens=v.num_register_tokens, interpolate_antialias=v.interpolate_antialias,
+        img_size=518,
+        patch_size=14,
+        embed_dim=v.embed_dim,
+        depth=w.depth,
+        num_heads=v.num_heads,
+        mlp_ratio=4,
+        block_fn=partial(NestedTensorBlock, attn_class=MemEffAttention),
+        ffn_layer="swiglufused" if v.ffn == "swiglu" else "mlp",
+        init_values=1.0,
+        block_chunks=0,
+        num_register_tokens=v.num_register_tokens,
+        interpolate_antialias=v.interpolate_antialias,
         interpolate_offset=v.interpolate_offset,
     )
     model.load_state_dict(w.state_dict, strict=True)
@@ -105,9 +128,15 @@ def test_matches_official_code_at_every_size(model, tmp_path):
         x = torch.randn(2, 3, h, wd, generator=g)
         with torch.inference_mode():
             o = ref_model.forward_features(x)
-            inter = ref_model.get_intermediate_layers(x, n=[0, 1], return_class_token=True, norm=True)
-        ref = {"cls": o["x_norm_clstoken"], "registers": o["x_norm_regtokens"],
-               "patches": o["x_norm_patchtokens"], "prenorm": o["x_prenorm"]}
+            inter = ref_model.get_intermediate_layers(
+                x, n=[0, 1], return_class_token=True, norm=True
+            )
+        ref = {
+            "cls": o["x_norm_clstoken"],
+            "registers": o["x_norm_regtokens"],
+            "patches": o["x_norm_patchtokens"],
+            "prenorm": o["x_prenorm"],
+        }
         for i, (p, c) in enumerate(inter):
             ref[f"block{i}/patches"], ref[f"block{i}/cls"] = p, c
         compare_all(scripted, x, ref, r, 2, f"official {model} {h}x{wd}")

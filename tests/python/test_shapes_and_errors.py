@@ -55,7 +55,10 @@ def test_bad_inputs_are_refused_with_a_message(reg_model, shape, message):
 
 def test_block_index_out_of_range_is_refused(reg_model):
     _, scripted = reg_model
-    with pytest.raises((RuntimeError, torch.jit.Error), match="block index 5 is out of range for a model with 2 blocks"):
+    with pytest.raises(
+        (RuntimeError, torch.jit.Error),
+        match="block index 5 is out of range for a model with 2 blocks",
+    ):
         scripted.intermediate_layers(torch.randn(1, 3, 28, 28), [5], True)
 
 
@@ -74,7 +77,9 @@ def save(sd, path):
 def test_missing_key_is_named_with_its_shape(tmp_path):
     sd = random_weights("dinov2_vits14", depth=2).state_dict
     del sd["blocks.1.ls2.gamma"]
-    with pytest.raises(WeightsError, match=r"missing key 'blocks.1.ls2.gamma' \(expected shape \(384,\)\)"):
+    with pytest.raises(
+        WeightsError, match=r"missing key 'blocks.1.ls2.gamma' \(expected shape \(384,\)\)"
+    ):
         load_weights(save(sd, tmp_path / "a.pth"), depth=2)
 
 
@@ -88,13 +93,19 @@ def test_unexpected_key_is_named(tmp_path):
 def test_wrong_shape_is_named(tmp_path):
     sd = random_weights("dinov2_vits14", depth=2).state_dict
     sd["blocks.0.mlp.fc1.weight"] = torch.zeros(1000, 384)
-    with pytest.raises(WeightsError, match=r"'blocks.0.mlp.fc1.weight' has shape \(1000, 384\), expected \(1536, 384\)"):
+    with pytest.raises(
+        WeightsError,
+        match=r"'blocks.0.mlp.fc1.weight' has shape \(1000, 384\), expected \(1536, 384\)",
+    ):
         load_weights(save(sd, tmp_path / "a.pth"), depth=2)
 
 
 def test_model_contradicting_the_weights_is_refused(tmp_path):
     sd = random_weights("dinov2_vits14", depth=2).state_dict
-    with pytest.raises(WeightsError, match="--model dinov2_vitb14 contradicts the weights, which hold a dinov2_vits14"):
+    with pytest.raises(
+        WeightsError,
+        match="--model dinov2_vitb14 contradicts the weights, which hold a dinov2_vits14",
+    ):
         load_weights(save(sd, tmp_path / "a.pth"), "dinov2_vitb14", depth=2)
     with pytest.raises(WeightsError, match="--model dinov2_vits14_reg contradicts"):
         load_weights(str(tmp_path / "a.pth"), "dinov2_vits14_reg", depth=2)
@@ -116,13 +127,19 @@ def test_unknown_width_is_refused(tmp_path):
 def test_huggingface_wrong_key_is_named(tmp_path):
     from safetensors.torch import save_file
 
-    save_file({"encoder.layer.0.attention.bogus.weight": torch.zeros(2)}, str(tmp_path / "m.safetensors"))
-    with pytest.raises(WeightsError, match="unexpected key 'encoder.layer.0.attention.bogus.weight'"):
+    save_file(
+        {"encoder.layer.0.attention.bogus.weight": torch.zeros(2)}, str(tmp_path / "m.safetensors")
+    )
+    with pytest.raises(
+        WeightsError, match="unexpected key 'encoder.layer.0.attention.bogus.weight'"
+    ):
         load_weights(str(tmp_path / "m.safetensors"))
 
 
 def test_cli_reports_errors_and_exit_codes(tmp_path, capsys):
-    assert cli_main(["--weights", str(tmp_path / "nope.pth"), "--output", str(tmp_path / "o.pt")]) == 2
+    assert (
+        cli_main(["--weights", str(tmp_path / "nope.pth"), "--output", str(tmp_path / "o.pt")]) == 2
+    )
     assert "does not exist" in capsys.readouterr().err
     bad = tmp_path / "bad.pth"
     bad.write_text("not a checkpoint")
@@ -135,7 +152,21 @@ def test_cli_reports_errors_and_exit_codes(tmp_path, capsys):
 
 def test_cli_exports_and_checks(tmp_path, capsys):
     out = tmp_path / "s.pt"
-    assert cli_main(["--model", "dinov2_vits14", "--weights", "random", "--depth", "1", "--output", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                "--model",
+                "dinov2_vits14",
+                "--weights",
+                "random",
+                "--depth",
+                "1",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "RANDOM weights" in capsys.readouterr().err
     assert cli_main(["--check", str(out)]) == 0
     assert "max abs error 0.000e+00" in capsys.readouterr().out

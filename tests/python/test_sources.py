@@ -60,7 +60,12 @@ def test_metadata_describes_the_export(tmp_path):
     export(load_weights(str(pth), "dinov2_vitb14", depth=1), tmp_path / "b.pt")
     meta = read_metadata(tmp_path / "b.pt")
     assert meta["format"] == "dinov2-backbone" and meta["format_version"] == 1
-    assert (meta["variant"], meta["embed_dim"], meta["depth"], meta["num_heads"]) == ("dinov2_vitb14", 768, 1, 12)
+    assert (meta["variant"], meta["embed_dim"], meta["depth"], meta["num_heads"]) == (
+        "dinov2_vitb14",
+        768,
+        1,
+        12,
+    )
     assert (meta["patch_size"], meta["num_register_tokens"], meta["pos_grid"]) == (14, 0, [37, 37])
     assert meta["interpolation"] == {"mode": "bicubic", "antialias": False, "offset": 0.1}
     assert meta["mean"] == [0.485, 0.456, 0.406] and meta["std"] == [0.229, 0.224, 0.225]

@@ -33,7 +33,11 @@ def check_variant(name: str, depth: int, tmp_path) -> None:
         assert cls.shape == (1, w.variant.embed_dim)
         assert regs.shape == (1, r, w.variant.embed_dim)
         assert patches.shape == (1, (h // 14) * (wd // 14), w.variant.embed_dim)
-        err = max(max_err(cls, ref["cls"]), max_err(regs, ref["registers"]), max_err(patches, ref["patches"]))
+        err = max(
+            max_err(cls, ref["cls"]),
+            max_err(regs, ref["registers"]),
+            max_err(patches, ref["patches"]),
+        )
         ErrorLog.add(f"variant {name} depth {depth} {h}x{wd}", err)
         assert err <= TOL
 
@@ -58,7 +62,13 @@ def test_giant_uses_swiglu_with_hidden_4096():
 
 
 @pytest.mark.parametrize(
-    "name,keys", [("dinov2_vits14", 175), ("dinov2_vitb14_reg", 176), ("dinov2_vitl14", 343), ("dinov2_vitg14_reg", 568)]
+    "name,keys",
+    [
+        ("dinov2_vits14", 175),
+        ("dinov2_vitb14_reg", 176),
+        ("dinov2_vitl14", 343),
+        ("dinov2_vitg14_reg", 568),
+    ],
 )
 def test_state_dict_has_the_official_key_count(name, keys):
     from dinov2_export.model import DinoV2

@@ -26,7 +26,11 @@ def main() -> None:
     ckpt, variant, depth, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     sizes = [tuple(int(v) for v in s.split("x")) for s in sys.argv[5:]]
     base = variant.removesuffix("_reg")
-    name = TIMM_NAMES[base].replace("_dinov2", "_reg4_dinov2") if variant.endswith("_reg") else TIMM_NAMES[base]
+    name = (
+        TIMM_NAMES[base].replace("_dinov2", "_reg4_dinov2")
+        if variant.endswith("_reg")
+        else TIMM_NAMES[base]
+    )
     model = timm.create_model(
         name, pretrained=False, img_size=518, dynamic_img_size=True, depth=depth, num_classes=0
     ).eval()
@@ -45,8 +49,12 @@ def main() -> None:
             results[f"{key}/registers"] = tokens[:, 1:prefix]
             results[f"{key}/patches"] = tokens[:, prefix:]
             inter = model.forward_intermediates(
-                x, indices=list(range(depth)), norm=True, output_fmt="NLC",
-                return_prefix_tokens=True, intermediates_only=True,
+                x,
+                indices=list(range(depth)),
+                norm=True,
+                output_fmt="NLC",
+                return_prefix_tokens=True,
+                intermediates_only=True,
             )
             for i, (patches, pre) in enumerate(inter):
                 results[f"{key}/block{i}/patches"] = patches

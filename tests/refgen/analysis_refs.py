@@ -205,8 +205,8 @@ def newton_logistic(x: np.ndarray, y: np.ndarray, classes: int, decay: float):
             for c in range(classes):
                 wgt = p[:, a] * ((a == c) - p[:, c])
                 h[a * (f + 1) : (a + 1) * (f + 1), c * (f + 1) : (c + 1) * (f + 1)] = (
-                    xa.T * wgt
-                ) @ xa / n
+                    (xa.T * wgt) @ xa / n
+                )
         h += np.diag(reg.ravel())
         # The biases are free up to a common shift: the least-squares step ignores that direction.
         step = np.linalg.lstsq(h, grad.ravel(), rcond=None)[0].reshape(theta.shape)
@@ -225,18 +225,22 @@ def probe_refs(rng: np.random.Generator) -> Dict[str, torch.Tensor]:
     classes, f, n, decay = 3, 8, 300, 1e-2
     centres = rng.standard_normal((classes, f)) * 1.2
     y = rng.integers(0, classes, n)
-    x = (centres[y] + rng.standard_normal((n, f)) * rng.uniform(0.5, 2.0, f) + 3.0).astype(np.float32)
+    x = (centres[y] + rng.standard_normal((n, f)) * rng.uniform(0.5, 2.0, f) + 3.0).astype(
+        np.float32
+    )
     xd = x.astype(np.float64)
     mean, sd = xd.mean(0), xd.std(0)
     w, b, loss = newton_logistic((xd - mean) / sd, y, classes, decay)
     probs = softmax(((xd - mean) / sd) @ w.T + b)
-    r.update({
-        "probe/x": t(x),
-        "probe/y": t(y, torch.int64),
-        "probe/weight_decay": torch.tensor(decay, dtype=torch.float64),
-        "probe/loss": torch.tensor(loss, dtype=torch.float64),
-        "probe/probs": t(probs, torch.float64),
-    })
+    r.update(
+        {
+            "probe/x": t(x),
+            "probe/y": t(y, torch.int64),
+            "probe/weight_decay": torch.tensor(decay, dtype=torch.float64),
+            "probe/loss": torch.tensor(loss, dtype=torch.float64),
+            "probe/probs": t(probs, torch.float64),
+        }
+    )
     # Separable classes (centres about 5.7 apart, noise 0.25 per feature): ~100 % accuracy.
     classes, f = 4, 64
     centres = rng.standard_normal((classes, f))

@@ -113,7 +113,11 @@ def refs(out: Path) -> None:
                 r[f"{stem}/top5_prob"] = top.values
             elif kind.startswith("depth"):
                 depth = H.official_depth(
-                    sd, [to_map(p, h, wd) for p in lp], lc, meta["min_depth"], meta["max_depth"],
+                    sd,
+                    [to_map(p, h, wd) for p in lp],
+                    lc,
+                    meta["min_depth"],
+                    meta["max_depth"],
                     (height, width),
                 )
                 r[f"{stem}/depth"] = depth[:, 0]

@@ -172,7 +172,9 @@ def broken_files(out: Path) -> None:
     def with_meta(file: str, text: str) -> None:
         tiny.save(str(out / file), _extra_files={METADATA_FILE: text})
 
-    with_meta("model_v99.pt", json.dumps({**good, "format_version": 99, "exporter_version": "9.0.0"}))
+    with_meta(
+        "model_v99.pt", json.dumps({**good, "format_version": 99, "exporter_version": "9.0.0"})
+    )
     with_meta("model_wrong_format.pt", json.dumps({**good, "format": "dinov2-checkpoint"}))
     with_meta("model_bad_json.pt", '{"format": "dinov2-backbone", "format_version": 1,')
     with_meta(
@@ -185,7 +187,9 @@ def broken_files(out: Path) -> None:
     sd = dict(w.state_dict)
     sd["cls_token"] = torch.full_like(sd["cls_token"], 7.0e4)
     sd["register_tokens"] = torch.full_like(sd["register_tokens"], 7.0e4)
-    big = LoadedWeights(sd, w.variant, w.depth, w.pos_grid, "random", sha256_state_dict(sd), w.extra)
+    big = LoadedWeights(
+        sd, w.variant, w.depth, w.pos_grid, "random", sha256_state_dict(sd), w.extra
+    )
     export(big, out / "model_fp16_overflow.pt")
 
 
