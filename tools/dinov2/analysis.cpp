@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include "commands.hpp"
 #include "common.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/io.hpp"
@@ -191,6 +192,12 @@ void write_png(const std::string& path, const cv::Mat& image) {
     throw InputError(fmt::format("dinov2: OpenCV could not encode {} as PNG", path));
   }
   write_file_atomically(path, std::string(bytes.begin(), bytes.end()));
+}
+
+int images_exit_status(size_t failed, size_t total) {
+  if (failed == 0) return kExitSuccess;
+  std::cerr << fmt::format("dinov2: {} of {} images could not be read\n", failed, total);
+  return kExitInputsFailed;
 }
 
 std::string format_confusion(const at::Tensor& confusion, const std::vector<std::string>& names) {

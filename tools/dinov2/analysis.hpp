@@ -79,6 +79,10 @@ at::Tensor map_to_original(const at::Tensor& map, const PatchGrid& grid, float f
 /// @brief Writes a cv::Mat with cv::imencode(".png") atomically; throws InputError on failure.
 void write_png(const std::string& path, const cv::Mat& image);
 
+/// Exit status of a run over `total` images of which `failed` could not be read: kExitSuccess,
+/// or kExitInputsFailed after saying how many failed on stderr.
+int images_exit_status(size_t failed, size_t total);
+
 /// @brief A table of counts with row and column labels, for confusion matrices.
 std::string format_confusion(const at::Tensor& confusion, const std::vector<std::string>& names);
 

@@ -104,11 +104,7 @@ int run_classify(const ClassifyArgs& args) {
                                top[j].index);
     }
   }
-  if (failed > 0) {
-    std::cerr << fmt::format("dinov2: {} of {} images could not be read\n", failed, paths.size());
-    return kExitInputsFailed;
-  }
-  return kExitSuccess;
+  return images_exit_status(failed, paths.size());
 }
 
 }  // namespace

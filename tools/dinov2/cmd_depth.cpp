@@ -90,11 +90,7 @@ int run_depth(const DepthArgs& args) {
     std::cout << fmt::format("{} -> {}: depth {:.3f} .. {:.3f} m (median {:.3f} m)\n", path, out,
                              lo, hi, depth.median().item<double>());
   }
-  if (failed > 0) {
-    std::cerr << fmt::format("dinov2: {} of {} images could not be read\n", failed, paths.size());
-    return kExitInputsFailed;
-  }
-  return kExitSuccess;
+  return images_exit_status(failed, paths.size());
 }
 
 }  // namespace

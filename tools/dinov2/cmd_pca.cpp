@@ -99,11 +99,7 @@ int run_pca(const PcaArgs& args) {
       "PCA of {} patches of {} image(s){}: variance along the {} component(s) {}; sheet {}\n",
       pca.pca.samples(), images.size(), args.mask ? " (foreground)" : "", variance.size(0), spread,
       sheet_path);
-  if (failed > 0) {
-    std::cerr << fmt::format("dinov2: {} of {} inputs could not be read\n", failed, paths.size());
-    return kExitInputsFailed;
-  }
-  return kExitSuccess;
+  return images_exit_status(failed, paths.size());
 }
 
 }  // namespace

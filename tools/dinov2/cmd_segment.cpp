@@ -89,11 +89,7 @@ int run_segment(const SegmentArgs& args) {
     }
     std::cout << fmt::format("{} -> {}: {}\n", path, out, summary);
   }
-  if (failed > 0) {
-    std::cerr << fmt::format("dinov2: {} of {} images could not be read\n", failed, paths.size());
-    return kExitInputsFailed;
-  }
-  return kExitSuccess;
+  return images_exit_status(failed, paths.size());
 }
 
 }  // namespace
