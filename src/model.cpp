@@ -5,6 +5,10 @@
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/StringUtil.h>
+#include <torch/csrc/jit/passes/inliner.h>
+#include <torch/csrc/jit/passes/subgraph_rewrite.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
+#include <torch/csrc/jit/runtime/graph_iterator.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
@@ -205,6 +209,43 @@ c10::Device torch_device(const Options& o) {
              : c10::Device(c10::DeviceType::CPU);
 }
 
+/// The methods of a backbone file that run the model.
+constexpr const char* kMethods[] = {"forward", "intermediate_layers", "cls_attention"};
+
+/// Rewrites linear + exact GELU into one oneDNN linear with a GELU post-op in the methods of
+/// `module` (after inlining their calls). Returns how many pairs were fused.
+int fuse_linear_gelu(torch::jit::Module& module) {
+  torch::jit::SubgraphRewriter rewriter;
+  rewriter.RegisterRewritePattern(R"IR(
+graph(%x, %w, %b, %approximate):
+  %h = aten::linear(%x, %w, %b)
+  %y = aten::gelu(%h, %approximate)
+  return (%y))IR",
+                                  R"IR(
+graph(%x, %w, %b, %approximate):
+  %attr : str = prim::Constant[value="gelu"]()
+  %scalars : Scalar?[] = prim::ListConstruct()
+  %y = mkldnn::_linear_pointwise(%x, %w, %b, %attr, %scalars, %approximate)
+  return (%y))IR");
+  int fused = 0;
+  for (const char* name : kMethods) {
+    auto graph = module.get_method(name).graph();
+    torch::jit::Inline(*graph);
+    const auto count = [&] {
+      int n = 0;
+      torch::jit::DepthFirstGraphNodeIterator it(graph);
+      for (auto* node = it.next(); node != nullptr; node = it.next()) {
+        n += node->kind() == c10::Symbol::fromQualString("aten::gelu") ? 1 : 0;
+      }
+      return n;
+    };
+    const int before = count();
+    rewriter.runOnGraph(graph);
+    fused += before - count();
+  }
+  return fused;
+}
+
 }  // namespace
 
 // -- Features ---------------------------------------------------------------------------------
@@ -255,6 +296,7 @@ struct Model::Impl {
   Options options;
   c10::Device device{c10::DeviceType::CPU};
   at::ScalarType dtype = at::kFloat;
+  int fused_layers = 0;
 
   /// Checks a pixel batch and returns its patch grid size {h, w}.
   std::pair<int64_t, int64_t> check_pixels(const at::Tensor& x) const {
@@ -419,6 +461,11 @@ Model Model::load(const std::string& path, Options options) {
                 c10::str("dinov2: Options::threads is ", options.threads,
                          "; use 0 for LibTorch's default or a positive count"));
   }
+  if (options.profiled_runs < -1) {
+    throw Error(ErrorCode::kInvalidArgument,
+                c10::str("dinov2: Options::profiled_runs is ", options.profiled_runs,
+                         "; use -1 to keep LibTorch's setting, 0 or a positive count"));
+  }
   check_file(path);
   check_device(options);
 
@@ -443,7 +490,7 @@ Model Model::load(const std::string& path, Options options) {
                  kMetadataFile, " inside); export the backbone with dinov2-export"));
   }
   impl->info = parse_metadata(extra[kMetadataFile], path);
-  for (const char* method : {"forward", "intermediate_layers", "cls_attention"}) {
+  for (const char* method : kMethods) {
     if (!impl->module.find_method(method)) {
       throw ModelFileError(c10::str("dinov2: '", path, "' has dinov2 metadata but no '", method,
                                     "' method; re-export it with dinov2-export"));
@@ -454,9 +501,16 @@ Model Model::load(const std::string& path, Options options) {
   impl->device = torch_device(options);
   impl->dtype = scalar_type(options.dtype);
   if (options.threads > 0) at::set_num_threads(options.threads);
+  if (options.profiled_runs >= 0) {
+    torch::jit::getNumProfiledRuns() = static_cast<size_t>(options.profiled_runs);
+  }
   translate_errors("moving the model to its device and dtype", [&] {
     impl->module.eval();
     impl->module.to(impl->device, impl->dtype);
+    if (options.fused_kernels && options.device == Device::kCPU &&
+        options.dtype != DType::kFloat16 && at::hasMKLDNN()) {
+      impl->fused_layers = fuse_linear_gelu(impl->module);
+    }
   });
   if (options.dtype != DType::kFloat32) {
     // Reduced-precision kernels are not all present on every device: try one patch now so that
@@ -477,6 +531,7 @@ Model Model::load(const std::string& path, Options options) {
 
 const ModelInfo& Model::info() const { return impl_->info; }
 const Options& Model::options() const { return impl_->options; }
+int Model::fused_layers() const { return impl_->fused_layers; }
 
 Features Model::extract_features(const at::Tensor& pixels, bool with_prenorm) const {
   const auto [h, w] = impl_->check_pixels(pixels);

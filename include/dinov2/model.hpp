@@ -74,6 +74,10 @@ class Model {
   const ModelInfo& info() const;
   /// @brief The options the model was loaded with.
   const Options& options() const;
+  /// @brief How many linear + GELU pairs Options::fused_kernels fused at load time, counted over
+  /// the forward, intermediate-layer and attention graphs (a 12-block ViT-S/14: 36); 0 when
+  /// fusion is off or does not apply (CUDA, float16, no oneDNN, SwiGLU models).
+  int fused_layers() const;
 
   /// @brief Runs the backbone on a batch.
   /// @param pixels [B, 3, H, W] normalised float pixels, any device.

@@ -39,6 +39,18 @@ struct Options {
   /// with ErrorCode::kTooManyTokens before any memory is allocated. Attention memory grows with
   /// the square of this number. Default 16384 (e.g. 1792x1792 pixels).
   int64_t max_tokens = 16384;
+  /// @brief On the CPU in float32 or bfloat16, run each MLP's first linear layer and its GELU as
+  /// one oneDNN call (no separate bias copy and GELU pass; docs/BENCHMARKS.md has the gain).
+  /// Outputs then differ from the exported graph by rounding only (about 1e-6 relative). false
+  /// runs the file's graph exactly as exported. Ignored on CUDA, in float16, and when LibTorch
+  /// has no oneDNN. Default true.
+  bool fused_kernels = true;
+  /// @brief How many profiled runs LibTorch's TorchScript executor makes before it optimises a
+  /// graph, set at load time when >= 0. Process-wide, like threads. The profiling run holds
+  /// every intermediate tensor and so sets the peak memory of a process (ViT-S/14 at 518, batch
+  /// 8: about 950 MB profiled, 560 MB without). 0 (the default) skips it; -1 leaves LibTorch's
+  /// setting.
+  int profiled_runs = 0;
 
   /// @brief Sets device and device_index.
   Options& with_device(Device d, int index = 0) {
@@ -54,6 +66,16 @@ struct Options {
   /// @brief Sets threads (process-wide; see the field).
   Options& with_threads(int n) {
     threads = n;
+    return *this;
+  }
+  /// @brief Sets fused_kernels.
+  Options& with_fused_kernels(bool on) {
+    fused_kernels = on;
+    return *this;
+  }
+  /// @brief Sets profiled_runs (process-wide; see the field).
+  Options& with_profiled_runs(int n) {
+    profiled_runs = n;
     return *this;
   }
   /// @brief Sets max_tokens.

@@ -7,6 +7,7 @@
 // more. Attention probabilities lie in [0, 1]: 1e-6.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/cuda.h>
 
 #include <cmath>
@@ -36,11 +37,14 @@ constexpr double kAttentionTol = 1e-6;
 using Refs = std::map<std::string, at::Tensor>;
 
 /// Models and references are loaded once per process (each CTest test is its own process).
-const dinov2::Model& model(const std::string& name) {
-  static std::map<std::string, dinov2::Model> cache;
-  auto it = cache.find(name);
+/// `fused`: Options::fused_kernels (the default is true).
+const dinov2::Model& model(const std::string& name, bool fused = true) {
+  static std::map<std::pair<std::string, bool>, dinov2::Model> cache;
+  const auto key = std::make_pair(name, fused);
+  auto it = cache.find(key);
   if (it == cache.end()) {
-    it = cache.emplace(name, dinov2::Model::load(data_path(name + ".pt"))).first;
+    const auto options = dinov2::Options{}.with_fused_kernels(fused);
+    it = cache.emplace(key, dinov2::Model::load(data_path(name + ".pt"), options)).first;
   }
   return it->second;
 }
@@ -116,14 +120,20 @@ TEST_CASE("Model::load reads the architecture and provenance from the file metad
 TEST_CASE("features equal PyTorch for every size and batch, with and without registers",
           "[model][parity]") {
   const std::string name = GENERATE(as<std::string>{}, "model_s4reg", "model_s4", "model_s12");
-  const auto& m = model(name);
+  // Unfused, the C++ library runs the file's graph and must reproduce PyTorch bit for bit;
+  // fused (the default), the oneDNN linear + GELU may round differently, within kTol.
+  const bool fused = GENERATE(true, false);
+  const auto& m = model(name, fused);
   const auto& r = refs(name);
   const auto keys = input_keys(r);
   REQUIRE(keys.size() >= 2);
+  const double tol = fused ? kTol : 0.0;
+  // Three graphs (forward, intermediate layers, attention), one MLP per block in each.
+  CHECK(m.fused_layers() == (fused && at::hasMKLDNN() ? 3 * m.info().depth : 0));
   const int64_t d = m.info().embed_dim;
   const int64_t regs = m.info().num_register_tokens;
   for (const auto& k : keys) {
-    INFO(name << " at " << k);
+    INFO(name << " at " << k << (fused ? ", fused" : ", unfused"));
     const at::Tensor& x = r.at("x_" + k);
     const int64_t b = x.size(0), h = x.size(2) / 14, w = x.size(3) / 14;
     const bool want_prenorm = r.count("prenorm_" + k) > 0;
@@ -142,16 +152,17 @@ TEST_CASE("features equal PyTorch for every size and batch, with and without reg
     const double e_cls = max_abs_diff(f.cls, r.at("cls_" + k));
     const double e_reg = max_abs_diff(f.registers, r.at("registers_" + k));
     const double e_patch = max_abs_diff(f.patches, on_grid(r.at("patches_" + k), f.patches));
-    report("max abs error " + name + " " + k + " cls", e_cls);
-    report("max abs error " + name + " " + k + " patches", e_patch);
-    CHECK(e_cls <= kTol);
-    CHECK(e_reg <= kTol);
-    CHECK(e_patch <= kTol);
+    const std::string label = name + " " + k + (fused ? " fused" : "");
+    report("max abs error " + label + " cls", e_cls);
+    report("max abs error " + label + " patches", e_patch);
+    CHECK(e_cls <= tol);
+    CHECK(e_reg <= tol);
+    CHECK(e_patch <= tol);
     if (want_prenorm) {
       REQUIRE(f.prenorm.defined());
       const double e_pre = max_abs_diff(f.prenorm, r.at("prenorm_" + k));
-      report("max abs error " + name + " " + k + " prenorm", e_pre);
-      CHECK(e_pre <= kTol);
+      report("max abs error " + label + " prenorm", e_pre);
+      CHECK(e_pre <= tol);
     } else {
       CHECK_FALSE(f.prenorm.defined());
     }
@@ -370,6 +381,9 @@ TEST_CASE("bad Options are refused at load", "[model][errors]") {
   CHECK_THAT(message_of<dinov2::Error>(
                  [&] { dinov2::Model::load(path, dinov2::Options{}.with_threads(-1)); }),
              ContainsSubstring("threads is -1"));
+  CHECK_THAT(message_of<dinov2::Error>(
+                 [&] { dinov2::Model::load(path, dinov2::Options{}.with_profiled_runs(-2)); }),
+             ContainsSubstring("profiled_runs is -2"));
 }
 
 TEST_CASE("CUDA on a machine without it is a DeviceError", "[model][errors][device]") {
@@ -502,6 +516,44 @@ TEST_CASE("Options::threads sets LibTorch's process-wide intra-op thread count",
       dinov2::Model::load(data_path("model_s4reg.pt"), dinov2::Options{}.with_threads(1));
   CHECK(at::get_num_threads() == 1);
   at::set_num_threads(before);
+}
+
+TEST_CASE("fused kernels apply to float32 and bfloat16 on the CPU, not to float16",
+          "[model][dtype]") {
+  const auto& r = refs("model_s4reg");
+  const auto& x = r.at("x_126x350_b4");
+  const auto load = [](dinov2::DType dtype, bool fused) {
+    return dinov2::Model::load(data_path("model_s4reg.pt"),
+                               dinov2::Options{}.with_dtype(dtype).with_fused_kernels(fused));
+  };
+  if (!at::hasMKLDNN()) DINOV2_SKIP("this LibTorch has no oneDNN, so nothing is fused");
+  CHECK(load(dinov2::DType::kFloat16, true).fused_layers() == 0);
+  const auto fused = load(dinov2::DType::kBFloat16, true);
+  const auto plain = load(dinov2::DType::kBFloat16, false);
+  CHECK(fused.fused_layers() == 3 * 4);
+  CHECK(plain.fused_layers() == 0);
+  // bfloat16 rounds once more or less inside the fused call; the features must not notice.
+  const auto a = fused.extract_features(x);
+  const auto b = plain.extract_features(x);
+  const double worst = at::cosine_similarity(a.cls, b.cls, 1).min().item<double>();
+  report("min cosine bfloat16 fused vs unfused cls", worst);
+  CHECK(worst >= 0.999);
+  CHECK(at::cosine_similarity(a.cls, r.at("cls_126x350_b4"), 1).min().item<double>() >= 0.99);
+}
+
+TEST_CASE("Options::profiled_runs sets the TorchScript executor's process-wide setting",
+          "[model]") {
+  auto& runs = torch::jit::getNumProfiledRuns();
+  const size_t before = runs;
+  dinov2::Model::load(data_path("model_s4.pt"), dinov2::Options{}.with_profiled_runs(3));
+  CHECK(runs == 3);
+  dinov2::Model::load(data_path("model_s4.pt"), dinov2::Options{}.with_profiled_runs(-1));
+  CHECK(runs == 3);  // -1 leaves it
+  const auto m = dinov2::Model::load(data_path("model_s4.pt"));
+  CHECK(runs == 0);  // the default
+  const auto& r = refs("model_s4");
+  CHECK(max_abs_diff(m.extract_features(r.at("x_224x224_b1")).cls, r.at("cls_224x224_b1")) == 0.0);
+  runs = before;
 }
 
 TEST_CASE("a moved Model keeps working", "[model]") {
