@@ -24,6 +24,12 @@ inline std::string shape_of(const at::Tensor& t) {
   return s.str();
 }
 
+/// The first line of an exception message.
+inline std::string first_line(const std::string& msg) {
+  const auto eol = msg.find('\n');
+  return eol == std::string::npos ? msg : msg.substr(0, eol);
+}
+
 /// The useful line of a c10::Error: the dinov2 message raised by a scripted module when there
 /// is one, else the first line without LibTorch's backtrace.
 inline std::string torch_message(const c10::Error& e) {

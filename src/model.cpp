@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/StringUtil.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/passes/subgraph_rewrite.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
@@ -56,6 +57,11 @@ auto translate_errors(const std::string& what, F&& f) -> decltype(f()) {
     const std::string msg = torch_message(e);
     if (msg.rfind("dinov2:", 0) == 0) throw InputError(msg);
     throw Error(ErrorCode::kRuntime, c10::str("dinov2: LibTorch failed while ", what, ": ", msg));
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {  // the AOTInductor runtime throws std::runtime_error
+    throw Error(ErrorCode::kRuntime,
+                c10::str("dinov2: LibTorch failed while ", what, ": ", e.what()));
   }
 }
 
@@ -146,6 +152,17 @@ ModelInfo parse_metadata(const std::string& text, const std::string& path) {
     info.weights_sha256 = optional<std::string>(j["weights"], "sha256", "", path);
   }
   info.metadata_json = text;
+  if (j.contains("backend") && j["backend"].is_object()) {
+    const json& b = j["backend"];
+    info.backend = required<std::string>(b, "kind", path);
+    const auto size = required<std::vector<int64_t>>(b, "resolution", path);
+    if (size.size() != 2 || size[0] <= 0 || size[1] <= 0) {
+      bad_metadata(path, "backend.resolution must hold two positive numbers");
+    }
+    info.compiled_size = {size[0], size[1]};
+    info.max_batch = required<int64_t>(b, "max_batch", path);
+    if (info.max_batch < 1) bad_metadata(path, "backend.max_batch must be at least 1");
+  }
 
   if (info.embed_dim <= 0 || info.depth <= 0 || info.num_heads <= 0 || info.patch_size <= 0 ||
       info.num_register_tokens < 0) {
@@ -182,10 +199,14 @@ void check_file(const std::string& path) {
   in.read(magic, 4);
   // TorchScript archives are zip files.
   if (in.gcount() < 4 || magic[0] != 'P' || magic[1] != 'K' || magic[2] != 3 || magic[3] != 4) {
-    throw ModelFileError(c10::str(
-        "dinov2: '", path,
-        "' is not a TorchScript archive (no zip header); give a file written by dinov2-export"));
+    throw ModelFileError(c10::str("dinov2: '", path,
+                                  "' is not a TorchScript archive or AOTInductor package (no zip "
+                                  "header); give a file written by dinov2-export"));
   }
+}
+
+bool is_package_path(const std::string& path) {
+  return std::filesystem::path(path).extension() == ".pt2";
 }
 
 void check_device(const Options& o) {
@@ -292,6 +313,8 @@ Features Features::cpu() const {
 
 struct Model::Impl {
   torch::jit::Module module;
+  /// Set instead of `module` for an AOTInductor package.
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> package;
   ModelInfo info;
   Options options;
   c10::Device device{c10::DeviceType::CPU};
@@ -395,11 +418,48 @@ struct Model::Impl {
                          "; check the input for NaN or Inf values"));
   }
 
+  /// An AOTInductor package's forward: the compiled size only, batches split to max_batch.
+  std::vector<at::Tensor> run_package(const at::Tensor& pixels) const {
+    const auto [ch, cw] = info.compiled_size;
+    if (pixels.size(2) != ch || pixels.size(3) != cw) {
+      throw InputError(c10::str("dinov2: this AOTInductor package was compiled for ", ch, "x", cw,
+                                " (HxW) inputs, got ", pixels.size(2), "x", pixels.size(3),
+                                "; resize to ", ch, "x", cw,
+                                ", compile a package for this size, or use the TorchScript file"));
+    }
+    c10::InferenceMode guard;
+    const at::Tensor x = pixels.to(device, dtype).contiguous();
+    std::vector<std::vector<at::Tensor>> parts;
+    for (int64_t begin = 0; begin < x.size(0); begin += info.max_batch) {
+      const int64_t end = std::min(x.size(0), begin + info.max_batch);
+      parts.push_back(package->run({x.slice(0, begin, end).contiguous()}));
+    }
+    if (parts.size() == 1) return parts[0];
+    std::vector<at::Tensor> out;
+    for (size_t i = 0; i < parts[0].size(); ++i) {
+      std::vector<at::Tensor> pieces;
+      for (const auto& p : parts) pieces.push_back(p.at(i));
+      out.push_back(at::cat(pieces, 0));
+    }
+    return out;
+  }
+
+  [[noreturn]] void not_in_package(const char* method) const {
+    throw Error(ErrorCode::kInvalidArgument,
+                c10::str("dinov2: ", method,
+                         " is not compiled into AOTInductor packages (they hold the forward pass "
+                         "only); load the TorchScript (.pt) export of the model for it"));
+  }
+
   Features run(const at::Tensor& pixels, std::vector<PatchGrid> grids, int64_t h, int64_t w,
                bool with_prenorm) const {
     return translate_errors("running the model", [&] {
-      auto out = call("forward", pixels).toTuple();
-      const auto& items = out->elements();
+      std::vector<c10::IValue> items;
+      if (package) {
+        for (auto& t : run_package(pixels)) items.emplace_back(std::move(t));
+      } else {
+        items = call("forward", pixels).toTupleRef().elements().vec();
+      }
       Features f;
       f.cls = to_output(items.at(0).toTensor());
       f.registers = to_output(items.at(1).toTensor());
@@ -418,6 +478,7 @@ struct Model::Impl {
       throw Error(ErrorCode::kInvalidArgument,
                   "dinov2: intermediate_layers needs at least one block index");
     }
+    if (package) not_in_package("intermediate_layers");
     LayerFeatures lf;
     for (int64_t b : blocks) {
       if (b < -info.depth || b >= info.depth) {
@@ -468,6 +529,7 @@ Model Model::load(const std::string& path, Options options) {
   }
   check_file(path);
   check_device(options);
+  if (is_package_path(path)) return load_package(path, std::move(options));
 
   auto impl = std::make_unique<Impl>();
   torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}, {kHeadMetadataFile, ""}};
@@ -529,6 +591,59 @@ Model Model::load(const std::string& path, Options options) {
   return Model(std::move(impl));
 }
 
+Model Model::load_package(const std::string& path, Options options) {
+  auto impl = std::make_unique<Impl>();
+  try {
+    const auto meta =
+        torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path, "model");
+    const auto it = meta.find(kMetadataFile);
+    if (it == meta.end() || it->second.empty()) {
+      throw ModelFileError(c10::str("dinov2: '", path,
+                                    "' is an AOTInductor package but not a "
+                                    "DINOv2 export (no ",
+                                    kMetadataFile,
+                                    " in its metadata); compile it with dinov2-export --aot"));
+    }
+    impl->info = parse_metadata(it->second, path);
+    const auto device = meta.find("AOTI_DEVICE_KEY");
+    const std::string want = options.device == Device::kCUDA ? "cuda" : "cpu";
+    if (device != meta.end() && device->second != want) {
+      throw DeviceError(c10::str("dinov2: '", path, "' was compiled for ", device->second,
+                                 ", but Options::device is ", want,
+                                 "; compile a package for this device with dinov2-export --aot"));
+    }
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw ModelFileError(c10::str("dinov2: '", path, "' is not a readable AOTInductor package (",
+                                  e.what(), "); compile one with dinov2-export --aot"));
+  }
+  if (impl->info.backend != "aotinductor") {
+    bad_metadata(path, "a .pt2 package must describe an 'aotinductor' backend");
+  }
+  if (to_string(options.dtype) != impl->info.dtype) {
+    throw DeviceError(c10::str("dinov2: '", path, "' was compiled for ", impl->info.dtype,
+                               ", but Options::dtype is ", to_string(options.dtype),
+                               "; a package runs in the dtype it was compiled for (dinov2-export "
+                               "--aot --dtype)"));
+  }
+  if (options.threads > 0) at::set_num_threads(options.threads);
+  impl->options = options;
+  impl->device = torch_device(options);
+  impl->dtype = scalar_type(options.dtype);
+  try {
+    impl->package = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
+        path, "model", /*run_single_threaded=*/false, /*num_runners=*/1,
+        static_cast<c10::DeviceIndex>(options.device == Device::kCUDA ? options.device_index : -1));
+  } catch (const std::exception& e) {
+    throw ModelFileError(c10::str("dinov2: cannot load the AOTInductor package '", path, "' (",
+                                  detail::first_line(e.what()),
+                                  "); it must be compiled with the PyTorch version this library "
+                                  "links"));
+  }
+  return Model(std::move(impl));
+}
+
 const ModelInfo& Model::info() const { return impl_->info; }
 const Options& Model::options() const { return impl_->options; }
 int Model::fused_layers() const { return impl_->fused_layers; }
@@ -556,6 +671,7 @@ LayerFeatures Model::intermediate_layers(const Batch& batch, const std::vector<i
 }
 
 at::Tensor Model::cls_attention(const at::Tensor& pixels) const {
+  if (impl_->package) impl_->not_in_package("cls_attention");
   const auto grid = impl_->check_pixels(pixels);
   const int64_t h = grid.first;
   const int64_t w = grid.second;

@@ -41,6 +41,13 @@ struct ModelInfo {
   std::string weights_sha256;       ///< digest of the source weights
   std::string metadata_json;        ///< the embedded metadata, verbatim
   int format_version = 0;           ///< file format version (<= kFormatVersion)
+  /// "torchscript" (a .pt file: any resolution and batch, every method) or "aotinductor" (a
+  /// .pt2 package compiled by dinov2-export --aot for one resolution; extract_features only).
+  std::string backend = "torchscript";
+  /// AOTInductor packages: the {height, width} in pixels they were compiled for; {0, 0} else.
+  std::array<int64_t, 2> compiled_size{};
+  /// AOTInductor packages: the largest batch one call takes (larger batches are split); 0 else.
+  int64_t max_batch = 0;
 };
 
 /// @brief A DINOv2 backbone ready for inference.
@@ -56,7 +63,8 @@ struct ModelInfo {
 /// on the model's device (Options::device), whatever Options::dtype is.
 class Model {
  public:
-  /// @brief Loads and checks a backbone file written by dinov2-export.
+  /// @brief Loads and checks a backbone file written by dinov2-export: a TorchScript file
+  /// (.pt), or an AOTInductor package (.pt2, written with --aot; ModelInfo::backend).
   ///
   /// Throws ModelFileError when the file is missing, not a TorchScript archive, not a dinov2
   /// backbone export, or of a newer format version than this library reads; DeviceError when the
@@ -110,6 +118,7 @@ class Model {
  private:
   struct Impl;
   explicit Model(std::unique_ptr<Impl> impl);
+  static Model load_package(const std::string& path, Options options);
   std::unique_ptr<Impl> impl_;
 };
 

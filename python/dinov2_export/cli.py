@@ -27,10 +27,30 @@ def parser() -> argparse.ArgumentParser:
         "--weights",
         help="official .pth, Hugging Face model.safetensors or model folder, or 'random'",
     )
-    p.add_argument("--output", type=Path, help="the TorchScript file to write")
+    p.add_argument(
+        "--output", type=Path, help="the file to write: TorchScript .pt, or .pt2 with --aot"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default 0)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--depth", type=int, help="block count of a reduced model (tests only)")
+    p.add_argument(
+        "--aot",
+        metavar="RES",
+        help="compile an AOTInductor package (.pt2) for one input size instead: N or HxW, e.g. "
+        "518 or 280x462 (minutes; needs a C++ compiler)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=64,
+        help="with --aot: the largest batch per call (the C++ library splits larger ones)",
+    )
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="with --aot: the device the package runs on (cuda needs a GPU here)",
+    )
     p.add_argument("--check", type=Path, metavar="FILE", help="compare FILE with the eager model")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
@@ -53,11 +73,32 @@ def main(argv: Optional[List[str]] = None) -> int:
         w = load_weights(args.weights, args.model, seed=args.seed, depth=args.depth)
         if w.source == "random":
             print(f"note: {w.variant.name} with RANDOM weights (seed {args.seed})", file=sys.stderr)
-        meta, seconds = timed_export(w, args.output, args.dtype)
+        if args.aot is not None:
+            from .aot import parse_resolution, timed_export_aot
+
+            meta, seconds = timed_export_aot(
+                w,
+                args.output,
+                resolution=parse_resolution(args.aot),
+                max_batch=args.max_batch,
+                dtype=args.dtype,
+                device=args.device,
+            )
+        else:
+            if args.output.suffix == ".pt2":
+                raise ValueError(f"{args.output}: .pt2 is for AOTInductor packages; add --aot RES")
+            meta, seconds = timed_export(w, args.output, args.dtype)
         size = args.output.stat().st_size
+        aot = meta.get("backend")
+        compiled = (
+            f", AOTInductor {aot['resolution'][0]}x{aot['resolution'][1]} {aot['device']}, "
+            f"batch <= {aot['max_batch']}"
+            if aot
+            else ""
+        )
         print(
             f"wrote {args.output}: {meta['variant']} ({meta['depth']} blocks, {meta['dtype']}, "
-            f"{w.source} weights) {size / 1e6:.1f} MB in {seconds:.1f} s"
+            f"{w.source} weights{compiled}) {size / 1e6:.1f} MB in {seconds:.1f} s"
         )
         return 0
     except (WeightsError, ValueError, OSError) as e:

@@ -556,6 +556,58 @@ TEST_CASE("Options::profiled_runs sets the TorchScript executor's process-wide s
   runs = before;
 }
 
+TEST_CASE("an AOTInductor package gives the TorchScript file's features", "[model][aot][parity]") {
+  const std::string name = GENERATE(as<std::string>{}, "aot_s2reg", "aot_s2");
+  const auto& r = refs(name);
+  const auto package = dinov2::Model::load(data_path(name + ".pt2"));
+  CHECK(package.info().backend == "aotinductor");
+  CHECK(package.info().max_batch == 3);
+  CHECK(package.info().depth == 2);
+  CHECK(model(name).info().backend == "torchscript");
+  for (const auto& k : input_keys(r)) {
+    INFO(name << " at " << k);
+    const at::Tensor& x = r.at("x_" + k);
+    CHECK(package.info().compiled_size == std::array<int64_t, 2>{x.size(2), x.size(3)});
+    // Batch 4 is over max_batch (3): the library splits it and joins the outputs.
+    const auto f = package.extract_features(x, /*with_prenorm=*/true);
+    CHECK(f.patches.sizes() == at::IntArrayRef({x.size(0), x.size(2) / 14, x.size(3) / 14, 384}));
+    const double e_cls = max_abs_diff(f.cls, r.at("cls_" + k));
+    const double e_patch = max_abs_diff(f.patches, on_grid(r.at("patches_" + k), f.patches));
+    report("max abs error AOTInductor " + name + " " + k + " cls", e_cls);
+    report("max abs error AOTInductor " + name + " " + k + " patches", e_patch);
+    CHECK(e_cls <= kTol);
+    CHECK(e_patch <= kTol);
+    CHECK(max_abs_diff(f.registers, r.at("registers_" + k)) <= kTol);
+    CHECK(max_abs_diff(f.prenorm, r.at("prenorm_" + k)) <= kTol);
+  }
+}
+
+TEST_CASE("an AOTInductor package refuses what it was not compiled for", "[model][aot][errors]") {
+  const auto path = data_path("aot_s2reg.pt2");
+  const auto package = dinov2::Model::load(path);
+  const auto other_size =
+      message_of<dinov2::InputError>([&] { package.extract_features(zeros(1, 3, 70, 56)); });
+  CHECK_THAT(other_size, ContainsSubstring("compiled for 56x70 (HxW) inputs, got 70x56"));
+  CHECK_THAT(message_of<dinov2::InputError>([&] { package.extract_features(zeros(1, 3, 50, 70)); }),
+             ContainsSubstring("not a positive multiple of the patch size"));
+  CHECK_THAT(
+      message_of<dinov2::Error>([&] { package.intermediate_layers(zeros(1, 3, 56, 70), {-1}); }),
+      ContainsSubstring("intermediate_layers is not compiled into AOTInductor packages"));
+  CHECK_THAT(message_of<dinov2::Error>([&] { package.cls_attention(zeros(1, 3, 56, 70)); }),
+             ContainsSubstring("cls_attention is not compiled into AOTInductor packages"));
+  CHECK_THAT(message_of<dinov2::DeviceError>([&] {
+               dinov2::Model::load(path, dinov2::Options{}.with_dtype(dinov2::DType::kBFloat16));
+             }),
+             ContainsSubstring("compiled for float32, but Options::dtype is bfloat16"));
+  // A TorchScript file renamed to .pt2 is not a package.
+  const auto fake = std::filesystem::temp_directory_path() / "dinov2_test_fake.pt2";
+  std::filesystem::copy_file(data_path("aot_s2reg.pt"), fake,
+                             std::filesystem::copy_options::overwrite_existing);
+  CHECK_THAT(message_of<dinov2::ModelFileError>([&] { dinov2::Model::load(fake.string()); }),
+             ContainsSubstring("is not a readable AOTInductor package"));
+  std::filesystem::remove(fake);
+}
+
 TEST_CASE("a moved Model keeps working", "[model]") {
   auto a = dinov2::Model::load(data_path("model_s4.pt"));
   dinov2::Model b = std::move(a);
