@@ -3,12 +3,29 @@
 // Each mode prints one JSON object on stdout; times are in seconds.
 //
 //   dinov2_bench model      --model F --size S --batch B [--iters N] [--warmup W] [--threads T]
-//   [--dtype D] dinov2_bench preprocess --images DIR [--size S] [--iters N] [--threads T]
-//   dinov2_bench e2e        --model F --images DIR [--size S] [--batch B] [--threads T] [--workers
-//   K] dinov2_bench matmul     [--n N] [--iters N] [--threads T]
+//                           [--dtype D] [--device cpu|cuda] [--input cpu|pinned|pageable|cuda]
+//   dinov2_bench preprocess --images DIR [--size S] [--iters N] [--threads T]
+//   dinov2_bench e2e        --model F --images DIR [--size S] [--batch B] [--threads T]
+//                           [--workers K] [--device cpu|cuda]
+//   dinov2_bench matmul     [--n N] [--iters N] [--threads T]
+//
+// With --device cuda the input batch starts on the CPU, as a preprocessed batch does, and the
+// library copies it; the clock is read after the GPU has finished (torch::cuda::synchronize).
+// --input says where the batch is: cpu (default: the library stages it in pinned memory), pinned
+// (already page-locked), pageable (copied to the GPU by a plain blocking `to` in each timed call,
+// before the library sees it) or cuda (on the GPU before the clock starts: the model alone).
+// Built against a CUDA LibTorch (DINOV2_BENCH_CUDA, set by bench/CMakeLists.txt), the model mode
+// also reports the GPU's name and the peak GPU memory of the caching allocator.
 #include <ATen/Parallel.h>
 #include <sys/resource.h>
+#include <torch/cuda.h>
 #include <torch/torch.h>
+#include <torch/version.h>
+
+#if DINOV2_BENCH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -31,6 +48,12 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+#ifdef TORCH_VERSION
+constexpr const char* kTorchVersion = TORCH_VERSION;
+#else
+constexpr const char* kTorchVersion = "unknown";
+#endif
+
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
@@ -45,6 +68,15 @@ double peak_rss_mb() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (const char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
 }
 
 std::string json_list(const std::vector<double>& v) {
@@ -96,7 +128,46 @@ dinov2::Options options_from(const Args& args) {
   const std::string dtype = args.get("dtype", "float32");
   if (dtype == "bfloat16") options.with_dtype(dinov2::DType::kBFloat16);
   if (dtype == "float16") options.with_dtype(dinov2::DType::kFloat16);
+  const std::string device = args.get("device", "cpu");
+  if (device == "cuda") {
+    options.with_device(dinov2::Device::kCUDA, args.integer("device-index", 0));
+  } else if (device != "cpu") {
+    throw std::invalid_argument("--device must be cpu or cuda, got " + device);
+  }
   return options;
+}
+
+bool on_cuda(const Args& args) { return args.get("device", "cpu") == "cuda"; }
+
+/// Waits for the GPU's queued work when the model runs there, so that the clock covers it.
+void wait_for_device(const Args& args) {
+  if (on_cuda(args)) torch::cuda::synchronize();
+}
+
+/// The GPU's name and the caching allocator's peak (MB) since the last reset_gpu_peak, where this
+/// program was built against a CUDA LibTorch; {"", -1} otherwise.
+std::pair<std::string, double> gpu_name_and_peak_mb(const Args& args) {
+#if DINOV2_BENCH_CUDA
+  if (on_cuda(args)) {
+    const int index = args.integer("device-index", 0);
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index);
+    // allocated_bytes[0] is the aggregate over the small and large pools.
+    const double peak = static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0);
+    return {at::cuda::getDeviceProperties(index)->name, peak};
+  }
+#else
+  (void)args;
+#endif
+  return {"", -1.0};
+}
+
+void reset_gpu_peak(const Args& args) {
+#if DINOV2_BENCH_CUDA
+  if (on_cuda(args))
+    c10::cuda::CUDACachingAllocator::resetPeakStats(args.integer("device-index", 0));
+#else
+  (void)args;
+#endif
 }
 
 // Model only: a fixed random batch, the median of timed forward passes after warm-up.
@@ -107,14 +178,26 @@ int run_model(const Args& args) {
   const int size = args.integer("size", 224), batch = args.integer("batch", 1);
   const int iters = args.integer("iters", 10), warmup = args.integer("warmup", 2);
   torch::manual_seed(0);  // the same input as the Python reference, for the checksum
-  const auto pixels = torch::randn({batch, 3, size, size});
+  auto pixels = torch::randn({batch, 3, size, size});
+  const std::string input = on_cuda(args) ? args.get("input", "cpu") : "cpu";
+  const c10::Device device(c10::DeviceType::CUDA,
+                           static_cast<c10::DeviceIndex>(args.integer("device-index", 0)));
+  if (input == "pinned") pixels = pixels.pin_memory();
+  if (input == "cuda") pixels = pixels.to(device);
+  if (input != "cpu" && input != "pinned" && input != "pageable" && input != "cuda") {
+    throw std::invalid_argument("--input must be cpu, pinned, pageable or cuda, got " + input);
+  }
   std::vector<double> times;
   dinov2::Features f;
+  wait_for_device(args);
+  reset_gpu_peak(args);
   for (int i = 0; i < warmup + iters; ++i) {
     const auto t = Clock::now();
-    f = model.extract_features(pixels);
+    f = model.extract_features(input == "pageable" ? pixels.to(device) : pixels);
+    wait_for_device(args);
     if (i >= warmup) times.push_back(seconds_since(t));
   }
+  const auto [gpu, peak_gpu_mb] = gpu_name_and_peak_mb(args);
   const double checksum = f.cls.sum().item<double>();
   std::string cosine = "null";
   if (args.get("dtype", "float32") != "float32") {
@@ -124,11 +207,17 @@ int run_model(const Args& args) {
     const auto ref = reference.extract_features(pixels).cls;
     cosine = std::to_string(at::cosine_similarity(ref, f.cls, 1).min().item<double>());
   }
-  std::cout << "{\"mode\": \"model\", \"min_cls_cosine\": " << cosine << ", \"load_s\": " << load_s
-            << ", \"median_s\": " << median(times) << ", \"times\": " << json_list(times)
+  std::cout << "{\"mode\": \"model\", \"device\": " << json_string(args.get("device", "cpu"))
+            << ", \"input\": " << json_string(input)
+            << ", \"gpu\": " << (gpu.empty() ? "null" : json_string(gpu))
+            << ", \"torch\": " << json_string(kTorchVersion) << ", \"min_cls_cosine\": " << cosine
+            << ", \"load_s\": " << load_s << ", \"median_s\": " << median(times)
+            << ", \"times\": " << json_list(times)
             << ", \"images_per_s\": " << batch / median(times)
-            << ", \"peak_rss_mb\": " << peak_rss_mb() << ", \"threads\": " << at::get_num_threads()
-            << ", \"checksum\": " << checksum << "}\n";
+            << ", \"peak_rss_mb\": " << peak_rss_mb() << ", \"peak_gpu_mb\": "
+            << (peak_gpu_mb < 0 ? std::string("null") : std::to_string(peak_gpu_mb))
+            << ", \"threads\": " << at::get_num_threads() << ", \"checksum\": " << checksum
+            << "}\n";
   return 0;
 }
 

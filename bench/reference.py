@@ -8,7 +8,15 @@ normalise, which is what torchvision's Resize/ToTensor/Normalize do on PIL image
 itself does not import beside the CPU torch wheel, so those three steps are written out with
 numpy). Each mode prints one JSON object; times in seconds.
 
+With --device cuda (model mode) the model and its SDPA attention run on the GPU; the batch starts
+on the CPU as in the C++ harness and is copied in each timed call (`x.to(device, dtype)`; with
+--input pinned a non-blocking copy from page-locked memory; with --input cuda the batch is on the
+GPU before the clock starts, the model alone), and the clock is read after
+torch.cuda.synchronize(). The JSON then also holds the GPU's name and the peak GPU memory
+(torch.cuda.max_memory_allocated).
+
     reference.py model      --model F --size S --batch B [--iters N] [--warmup W] [--threads T] [--dtype D]
+                            [--device cpu|cuda] [--input cpu|pinned|cuda]
     reference.py preprocess --images DIR [--size S] [--iters N]
     reference.py e2e        --model F --images DIR [--size S] [--batch B] [--threads T] [--workers K]
 """
@@ -69,6 +77,8 @@ def hf_model_from_export(path: str, dtype: torch.dtype):
 
 
 def run_model(a) -> dict:
+    if a.device == "cuda":
+        return run_model_cuda(a)
     torch.set_num_threads(a.threads)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[a.dtype]
     t0 = time.perf_counter()
@@ -91,6 +101,52 @@ def run_model(a) -> dict:
         "times": times,
         "images_per_s": a.batch / med,
         "peak_rss_mb": peak_rss_mb(),
+        "threads": torch.get_num_threads(),
+        "checksum": float(out.float().sum()),
+    }
+
+
+def run_model_cuda(a) -> dict:
+    if not torch.cuda.is_available():
+        raise SystemExit(f"reference.py: --device cuda, but torch {torch.__version__} sees no GPU")
+    torch.set_num_threads(a.threads)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[a.dtype]
+    device = torch.device("cuda", torch.cuda.current_device())
+    t0 = time.perf_counter()
+    model = hf_model_from_export(a.model, dtype).to(device)
+    torch.cuda.synchronize(device)
+    load_s = time.perf_counter() - t0
+    torch.manual_seed(0)  # the same input as the C++ side, for the checksum
+    x = torch.randn(a.batch, 3, a.size, a.size)  # float32 on the CPU, like a preprocessed batch
+    if a.input == "pinned":
+        x = x.pin_memory()
+    elif a.input == "cuda":
+        x = x.to(device)
+    pinned = a.input == "pinned"
+    times = []
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        for i in range(a.warmup + a.iters):
+            t = time.perf_counter()
+            out = model(pixel_values=x.to(device, dtype, non_blocking=pinned)).pooler_output
+            torch.cuda.synchronize(device)
+            if i >= a.warmup:
+                times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {
+        "mode": "model",
+        "device": "cuda",
+        "input": a.input,
+        "gpu": torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "attention": getattr(model.config, "_attn_implementation", None),
+        "load_s": load_s,
+        "median_s": med,
+        "times": times,
+        "images_per_s": a.batch / med,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20,
         "threads": torch.get_num_threads(),
         "checksum": float(out.float().sum()),
     }
@@ -193,6 +249,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="model mode only")
+    p.add_argument(
+        "--input",
+        choices=["cpu", "pinned", "cuda"],
+        default="cpu",
+        help="--device cuda: where the batch is (cpu: pageable memory, copied in each call)",
+    )
     a = p.parse_args()
     result = {"model": run_model, "preprocess": run_preprocess, "e2e": run_e2e}[a.mode](a)
     print(json.dumps(result))

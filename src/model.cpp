@@ -383,12 +383,25 @@ struct Model::Impl {
     return batch.grids;
   }
 
+  /// The pixels on the model's device in its dtype. A CPU batch bound for a CUDA model is staged
+  /// in page-locked (pinned) memory, unless it is already there, and copied without blocking the
+  /// host: the copy is queued on the current CUDA stream of the model's device, the stream the
+  /// forward pass then runs on, so it needs no synchronisation (the caching host allocator keeps
+  /// the staging buffer until the copy is done). Everything else is an ordinary `to`.
+  at::Tensor to_model(const at::Tensor& pixels) const {
+    if (device.is_cuda() && pixels.device().is_cpu()) {
+      const at::Tensor host = pixels.is_pinned() ? pixels : pixels.pin_memory();
+      return host.to(device, dtype, /*non_blocking=*/true);
+    }
+    return pixels.to(device, dtype);
+  }
+
   /// Runs a method of the module on the pixels (copied to the model's device and dtype) and
   /// further arguments, without autograd bookkeeping.
   c10::IValue call(const char* method, const at::Tensor& pixels,
                    std::vector<c10::IValue> more = {}) const {
     c10::InferenceMode guard;
-    std::vector<c10::IValue> args{pixels.to(device, dtype)};
+    std::vector<c10::IValue> args{to_model(pixels)};
     for (auto& a : more) args.push_back(std::move(a));
     return module.get_method(method)(std::move(args));
   }
@@ -428,7 +441,7 @@ struct Model::Impl {
                                 ", compile a package for this size, or use the TorchScript file"));
     }
     c10::InferenceMode guard;
-    const at::Tensor x = pixels.to(device, dtype).contiguous();
+    const at::Tensor x = to_model(pixels).contiguous();
     std::vector<std::vector<at::Tensor>> parts;
     for (int64_t begin = 0; begin < x.size(0); begin += info.max_batch) {
       const int64_t end = std::min(x.size(0), begin + info.max_batch);

@@ -61,6 +61,11 @@ struct ModelInfo {
 /// on any device; they are copied to the model's device and dtype. H and W must be positive
 /// multiples of the patch size and (H/14)*(W/14) at most Options::max_tokens. Outputs are float32
 /// on the model's device (Options::device), whatever Options::dtype is.
+///
+/// CUDA: a CPU batch is staged in pinned (page-locked) memory and copied without blocking the
+/// host; a batch already pinned (`pixels.pin_memory()`) skips the staging copy. The copy and the
+/// forward pass are queued on the current CUDA stream of the model's device, so a thread that sets
+/// its own stream (c10::cuda::CUDAStreamGuard) runs its calls on that stream.
 class Model {
  public:
   /// @brief Loads and checks a backbone file written by dinov2-export: a TorchScript file
