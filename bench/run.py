@@ -41,53 +41,23 @@ def run_json(cmd: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def export(variant: str, folder: Path, dtype: str = "float32") -> Path:
-    path = folder / f"{variant}_{dtype}.pt"
+def export_random(variant: str, path: Path, *options: str) -> Path:
+    """`dinov2-export` of `variant` with random weights (seed 0) to `path`, unless it exists."""
     if not path.exists():
-        subprocess.run(
-            [
-                str(ROOT / ".venv/bin/dinov2-export"),
-                "--model",
-                variant,
-                "--weights",
-                "random",
-                "--seed",
-                "0",
-                "--dtype",
-                dtype,
-                "--output",
-                str(path),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        cmd = [str(ROOT / ".venv/bin/dinov2-export"), "--model", variant, "--weights", "random"]
+        cmd += ["--seed", "0", *options, "--output", str(path)]
+        subprocess.run(cmd, check=True, capture_output=True)
     return path
+
+
+def export(variant: str, folder: Path, dtype: str = "float32") -> Path:
+    return export_random(variant, folder / f"{variant}_{dtype}.pt", "--dtype", dtype)
 
 
 def export_aot(variant: str, folder: Path, size: int, max_batch: int = 8) -> Path:
     """An AOTInductor package of the same random weights, compiled for size x size."""
     path = folder / f"{variant}_float32_{size}.pt2"
-    if not path.exists():
-        subprocess.run(
-            [
-                str(ROOT / ".venv/bin/dinov2-export"),
-                "--model",
-                variant,
-                "--weights",
-                "random",
-                "--seed",
-                "0",
-                "--aot",
-                str(size),
-                "--max-batch",
-                str(max_batch),
-                "--output",
-                str(path),
-            ],
-            check=True,
-            capture_output=True,
-        )
-    return path
+    return export_random(variant, path, "--aot", str(size), "--max-batch", str(max_batch))
 
 
 def make_images(folder: Path, count: int) -> Path:
