@@ -120,17 +120,12 @@ Command register_classify(CLI::App& app) {
       "index. The default recipe is eval224 (the official evaluation transform), or the probe's "
       "recipe. Exit code 3 when some images could not be read.");
   args->model.add_to(sub);
-  sub->add_option("--head", args->head, "Classifier head or probe file")
-      ->required()
-      ->check(CLI::ExistingFile)
-      ->type_name("FILE");
+  add_head_file(sub, args->head, "Classifier head or probe file");
   sub->add_option("--k,-k", args->k, "Classes shown per image")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   sub->add_option("--recipe", args->recipe, std::string(recipe_help()) + ". Default: eval224");
-  sub->add_option("inputs", args->inputs, "Images, folders or @lists")
-      ->required()
-      ->type_name("IMAGE");
+  add_image_inputs(sub, args->inputs);
   return {sub, [args] { return run_classify(*args); }};
 }
 

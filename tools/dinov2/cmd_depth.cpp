@@ -107,13 +107,8 @@ Command register_depth(CLI::App& app) {
       "depth in millimetres as a 16-bit grey PNG. Prints the depth range of each image. Exit "
       "code 3 when some images could not be read.");
   args->model.add_to(sub);
-  sub->add_option("--head", args->head, "Depth head file")
-      ->required()
-      ->check(CLI::ExistingFile)
-      ->type_name("FILE");
-  sub->add_option("--output,-o", args->output, "Output folder (created)")
-      ->required()
-      ->type_name("DIR");
+  add_head_file(sub, args->head, "Depth head file");
+  add_output_folder(sub, args->output);
   sub->add_option("--recipe", args->recipe, recipe_help())->capture_default_str();
   std::vector<std::string> names;
   for (const auto& [name, code] : colormaps()) names.push_back(name);
@@ -121,9 +116,7 @@ Command register_depth(CLI::App& app) {
       ->check(CLI::IsMember(names))
       ->capture_default_str();
   sub->add_flag("--raw", args->raw, "Also write the depth in millimetres as a 16-bit PNG");
-  sub->add_option("inputs", args->inputs, "Images, folders or @lists")
-      ->required()
-      ->type_name("IMAGE");
+  add_image_inputs(sub, args->inputs);
   return {sub, [args] { return run_depth(*args); }};
 }
 

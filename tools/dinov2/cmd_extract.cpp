@@ -685,9 +685,7 @@ Command register_extract(CLI::App& app) {
   sub->add_flag("--ignore-orientation", args->ignore_orientation,
                 "Keep the stored pixel order of photos with an EXIF orientation tag (as PIL's "
                 "Image.open does) instead of turning them upright");
-  sub->add_option("inputs", args->inputs, "Images, folders or @lists")
-      ->required()
-      ->type_name("INPUT");
+  add_image_inputs(sub, args->inputs, "INPUT");
   return {sub, [args] { return run_extract(*args); }};
 }
 

@@ -117,9 +117,7 @@ Command register_pca(CLI::App& app) {
       "Writes DIR/<name>_pca.png (and <name>_mask.png) at the size of each image, and "
       "DIR/sheet.png (original | PCA | mask). Exit code 3 when some images could not be read.");
   args->model.add_to(sub);
-  sub->add_option("--output,-o", args->output, "Output folder (created)")
-      ->required()
-      ->type_name("DIR");
+  add_output_folder(sub, args->output);
   sub->add_option("--recipe", args->recipe, recipe_help())->capture_default_str();
   sub->add_option("--components", args->components,
                   "Components shown: 3 (RGB), 2 (red and green) or 1 (grey)")
@@ -138,9 +136,7 @@ Command register_pca(CLI::App& app) {
   sub->add_option("--sheet-height", args->sheet_height, "Row height of sheet.png in pixels")
       ->check(CLI::Range(16, 4096))
       ->capture_default_str();
-  sub->add_option("inputs", args->inputs, "Images, folders or @lists")
-      ->required()
-      ->type_name("IMAGE");
+  add_image_inputs(sub, args->inputs);
   return {sub, [args] { return run_pca(*args); }};
 }
 

@@ -239,10 +239,7 @@ Command register_probe(CLI::App& app) {
       "Class folders are matched to the probe's class names; the recipe and feature kind "
       "recorded in the probe are used unless --recipe is given.");
   args->model.add_to(eval);
-  eval->add_option("--head", args->head, "Probe written by `dinov2 probe train`")
-      ->required()
-      ->check(CLI::ExistingFile)
-      ->type_name("HEAD");
+  add_head_file(eval, args->head, "Probe written by `dinov2 probe train`", "HEAD");
   eval->add_option("--data,-d", args->data, "ImageFolder dataset")->required()->type_name("DIR");
   eval->add_option("--recipe", args->recipe,
                    std::string(recipe_help()) + ". Default: the probe's recipe");

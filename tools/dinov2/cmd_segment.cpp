@@ -106,18 +106,11 @@ Command register_segment(CLI::App& app) {
       "Prints the three largest classes of each image. Exit code 3 when some images could not "
       "be read.");
   args->model.add_to(sub);
-  sub->add_option("--head", args->head, "Segmentation head file")
-      ->required()
-      ->check(CLI::ExistingFile)
-      ->type_name("FILE");
-  sub->add_option("--output,-o", args->output, "Output folder (created)")
-      ->required()
-      ->type_name("DIR");
+  add_head_file(sub, args->head, "Segmentation head file");
+  add_output_folder(sub, args->output);
   sub->add_option("--recipe", args->recipe, recipe_help())->capture_default_str();
   sub->add_flag("--overlay", args->overlay, "Also write the colours blended over the image");
-  sub->add_option("inputs", args->inputs, "Images, folders or @lists")
-      ->required()
-      ->type_name("IMAGE");
+  add_image_inputs(sub, args->inputs);
   return {sub, [args] { return run_segment(*args); }};
 }
 

@@ -70,6 +70,20 @@ Recipe parse_recipe(const std::string& name) {
   }
 }
 
+void add_image_inputs(CLI::App* app, std::vector<std::string>& inputs,
+                      const std::string& type_name) {
+  app->add_option("inputs", inputs, "Images, folders or @lists")->required()->type_name(type_name);
+}
+
+void add_output_folder(CLI::App* app, std::string& output) {
+  app->add_option("--output,-o", output, "Output folder (created)")->required()->type_name("DIR");
+}
+
+void add_head_file(CLI::App* app, std::string& head, const std::string& help,
+                   const std::string& type_name) {
+  app->add_option("--head", head, help)->required()->check(CLI::ExistingFile)->type_name(type_name);
+}
+
 const char* recipe_help() {
   return "Preprocessing: square518 (resize to 518x518, the default), eval224 (shorter side "
          "256, centre crop 224: the official evaluation transform), aligned (keep the aspect "

@@ -43,6 +43,15 @@ Recipe parse_recipe(const std::string& name);
 /// @brief Help text listing the recipe names.
 const char* recipe_help();
 
+/// @brief Adds the positional, required image inputs (files, folders or @lists).
+void add_image_inputs(CLI::App* app, std::vector<std::string>& inputs,
+                      const std::string& type_name = "IMAGE");
+/// @brief Adds the required --output/-o folder option of the commands that write pictures.
+void add_output_folder(CLI::App* app, std::string& output);
+/// @brief Adds the required --head option: an existing file, described by `help`.
+void add_head_file(CLI::App* app, std::string& head, const std::string& help,
+                   const std::string& type_name = "FILE");
+
 /// @brief Whether a file name has an image extension (jpg, jpeg, png, bmp, tif, tiff, webp;
 /// case-insensitive). Used when walking folders.
 bool has_image_extension(const std::string& path);
