@@ -20,4 +20,5 @@
 #include "dinov2/preprocess.hpp"
 #include "dinov2/probe.hpp"
 #include "dinov2/retrieval.hpp"
+#include "dinov2/runtime.hpp"
 #include "dinov2/version.hpp"

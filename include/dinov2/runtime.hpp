@@ -1,0 +1,48 @@
+// SPDX-License-Identifier: Apache-2.0
+/// @file
+/// @brief What the machine this process runs on can do, as far as the library's kernels care:
+/// the CPU's model, the vector instructions ATen and oneDNN use, and whether bfloat16 and int8
+/// arithmetic run in hardware. Model::load uses it to choose DType::kAuto and the fused kernels;
+/// the `dinov2` tool prints it and records it in every output file.
+#pragma once
+
+#include <string>
+
+namespace dinov2 {
+
+/// @brief The CPU as the library's kernels see it. Hardware flags come from the processor (via
+/// LibTorch's cpuinfo); the `aten_capability` and `onednn_isa` fields and the `native_*` verdicts
+/// also honour the process's limits, ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA (or
+/// DNNL_MAX_CPU_ISA), so an AVX-512 machine limited to AVX2 reports what an AVX2 machine does.
+struct CpuInfo {
+  std::string model;            ///< the processor's name, e.g. "AMD EPYC" ("unknown" if none)
+  std::string aten_capability;  ///< vector ISA of ATen's kernels: "AVX512", "AVX2" or "DEFAULT"
+  std::string onednn_isa;       ///< best ISA oneDNN may use, e.g. "AVX2", "AVX512_CORE_AMX"
+  std::string onednn_limit;     ///< the ONEDNN_MAX_CPU_ISA value in force; empty when unset
+  std::string aten_limit;       ///< the ATEN_CPU_CAPABILITY value in force; empty when unset
+  bool avx2 = false;            ///< hardware: AVX2 and FMA
+  bool avx512 = false;          ///< hardware: AVX-512 F, BW, VL and DQ
+  bool avx512_bf16 = false;     ///< hardware: AVX512-BF16 (bfloat16 dot products)
+  bool amx = false;             ///< hardware: AMX tiles with bfloat16 and int8
+  bool vnni = false;            ///< hardware: AVX512-VNNI or AVX-VNNI (int8 dot products)
+  /// bfloat16 matrix products run in hardware (AVX512-BF16 or AMX) and oneDNN may use them.
+  /// Elsewhere LibTorch emulates bfloat16 matrix products in float32, which measured 8x slower
+  /// than float32 on an AVX2 EPYC (docs/BENCHMARKS.md).
+  bool native_bfloat16 = false;
+  bool native_int8 = false;  ///< int8 dot products in hardware (VNNI or AMX), oneDNN may use them
+  int threads = 0;           ///< LibTorch's intra-op thread count at the time of the call
+};
+
+/// @brief The CPU this process runs on. The hardware part is read once; `threads` is current.
+/// Never throws.
+CpuInfo cpu_info();
+
+/// @brief One line for logs and file metadata, e.g. "AMD EPYC; ATen AVX2; oneDNN AVX2; bfloat16
+/// emulated; int8 VNNI no; AMX no; 2 threads".
+std::string to_string(const CpuInfo& cpu);
+
+/// @brief The same facts as a JSON object (compact), as the `dinov2` tool records them in output
+/// metadata under "cpu".
+std::string to_json(const CpuInfo& cpu);
+
+}  // namespace dinov2
