@@ -18,6 +18,7 @@
 #include "dinov2/error.hpp"
 #include "dinov2/model.hpp"
 #include "dinov2/version.hpp"
+#include "json_fields.hpp"
 
 namespace dinov2 {
 
@@ -69,10 +70,10 @@ template <class T>
 T field(const json& j, const char* key, const std::string& path) {
   if (!j.contains(key)) bad_head(path, c10::str(kHeadFile, " has no field '", key, "'"));
   try {
-    return j.at(key).get<T>();
-  } catch (const json::exception&) {
-    bad_head(path, c10::str("field '", key, "' of ", kHeadFile, " has the wrong type (",
-                            j.at(key).dump(), ")"));
+    return detail::exact_get<T>(j.at(key));
+  } catch (const std::exception&) {
+    bad_head(path, c10::str("field '", key, "' of ", kHeadFile,
+                            " has the wrong type or is out of range (", j.at(key).dump(), ")"));
   }
 }
 
@@ -148,6 +149,12 @@ HeadInfo parse_info(const std::string& text, const std::string& path) {
   if (info.kind == kSegmentation) {
     for (const auto& rgb : field<std::vector<std::vector<int>>>(j, "palette", path)) {
       if (rgb.size() != 3) bad_head(path, "a palette entry is not an RGB triple");
+      for (int v : rgb) {
+        if (v < 0 || v > 255) {
+          bad_head(path, c10::str("palette entry [", rgb[0], ", ", rgb[1], ", ", rgb[2],
+                                  "] has a value outside 0..255"));
+        }
+      }
       info.palette.push_back({static_cast<uint8_t>(rgb[0]), static_cast<uint8_t>(rgb[1]),
                               static_cast<uint8_t>(rgb[2])});
     }

@@ -3,6 +3,9 @@
 #include "dinov2/model.hpp"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/StringUtil.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
@@ -15,12 +18,16 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <tuple>
 #include <utility>
 
 #include "boundary.hpp"
 #include "dinov2/error.hpp"
+#include "dinov2/runtime.hpp"
 #include "dinov2/version.hpp"
+#include "json_fields.hpp"
 
 namespace dinov2 {
 
@@ -87,10 +94,10 @@ template <class T>
 T required(const json& j, const char* key, const std::string& path) {
   if (!j.contains(key)) bad_metadata(path, c10::str("the field '", key, "' is missing"));
   try {
-    return j.at(key).get<T>();
-  } catch (const json::exception&) {
-    bad_metadata(path,
-                 c10::str("the field '", key, "' has the wrong type (", j.at(key).dump(), ")"));
+    return detail::exact_get<T>(j.at(key));
+  } catch (const std::exception&) {
+    bad_metadata(path, c10::str("the field '", key, "' has the wrong type or is out of range (",
+                                j.at(key).dump(), ")"));
   }
 }
 
@@ -164,12 +171,18 @@ ModelInfo parse_metadata(const std::string& text, const std::string& path) {
     if (info.max_batch < 1) bad_metadata(path, "backend.max_batch must be at least 1");
   }
 
+  // Beyond these no DINOv2 model goes (g/14: D 1536, 40 blocks, 24 heads); a larger value is a
+  // damaged or hostile file, refused before it sizes any allocation.
   if (info.embed_dim <= 0 || info.depth <= 0 || info.num_heads <= 0 || info.patch_size <= 0 ||
-      info.num_register_tokens < 0) {
-    bad_metadata(path, c10::str("embed_dim ", info.embed_dim, ", depth ", info.depth,
-                                ", num_heads ", info.num_heads, ", patch_size ", info.patch_size,
-                                " and num_register_tokens ", info.num_register_tokens,
-                                " are not a valid architecture"));
+      info.num_register_tokens < 0 || info.embed_dim > 65536 || info.depth > 1024 ||
+      info.num_heads > 1024 || info.patch_size > 1024 || info.num_register_tokens > 1024 ||
+      info.pos_grid_h <= 0 || info.pos_grid_w <= 0 || info.pos_grid_h > 4096 ||
+      info.pos_grid_w > 4096 || info.embed_dim % info.num_heads != 0) {
+    bad_metadata(
+        path, c10::str("embed_dim ", info.embed_dim, ", depth ", info.depth, ", num_heads ",
+                       info.num_heads, ", patch_size ", info.patch_size, ", num_register_tokens ",
+                       info.num_register_tokens, " and pos_grid ", info.pos_grid_h, "x",
+                       info.pos_grid_w, " are not a valid architecture"));
   }
   if (info.dtype != "float32" && info.dtype != "bfloat16" && info.dtype != "float16") {
     bad_metadata(path, c10::str("dtype '", info.dtype, "' is not float32, bfloat16 or float16"));
@@ -178,6 +191,49 @@ ModelInfo parse_metadata(const std::string& text, const std::string& path) {
 }
 
 // -- loading ----------------------------------------------------------------------------------
+
+/// The metadata must describe the graph's own weights: numbers that disagree with the parameters
+/// (a hand-edited or damaged file) would fail later inside TorchScript, or compute garbage.
+void check_against_weights(const torch::jit::Module& module, const ModelInfo& info,
+                           const std::string& path) {
+  std::map<std::string, at::Tensor> params;
+  int64_t blocks = 0;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+    params.emplace(item.name, item.value);
+    if (item.name.rfind("blocks.", 0) == 0 &&
+        item.name.find(".norm1.weight") != std::string::npos) {
+      ++blocks;
+    }
+  }
+  const auto get = [&](const char* name) {
+    const auto it = params.find(name);
+    if (it == params.end()) bad_metadata(path, c10::str("the graph has no parameter '", name, "'"));
+    return it->second;
+  };
+  const at::Tensor proj = get("patch_embed.proj.weight");
+  if (proj.dim() != 4 || proj.size(0) != info.embed_dim || proj.size(1) != 3 ||
+      proj.size(2) != info.patch_size || proj.size(3) != info.patch_size) {
+    bad_metadata(path,
+                 c10::str("embed_dim ", info.embed_dim, " and patch_size ", info.patch_size,
+                          " disagree with the graph's patch embedding ", detail::shape_of(proj)));
+  }
+  const at::Tensor pos = get("pos_embed");
+  if (pos.dim() != 3 || pos.size(1) != 1 + info.pos_grid_h * info.pos_grid_w ||
+      pos.size(2) != info.embed_dim) {
+    bad_metadata(
+        path, c10::str("pos_grid ", info.pos_grid_h, "x", info.pos_grid_w,
+                       " disagrees with the graph's position embedding ", detail::shape_of(pos)));
+  }
+  if (blocks != info.depth) {
+    bad_metadata(path,
+                 c10::str("depth ", info.depth, " disagrees with the graph's ", blocks, " blocks"));
+  }
+  const int64_t registers = params.count("register_tokens") ? get("register_tokens").size(1) : 0;
+  if (registers != info.num_register_tokens) {
+    bad_metadata(path, c10::str("num_register_tokens ", info.num_register_tokens,
+                                " disagrees with the graph's ", registers, " register tokens"));
+  }
+}
 
 void check_file(const std::string& path) {
   namespace fs = std::filesystem;
@@ -228,6 +284,49 @@ c10::Device torch_device(const Options& o) {
   return o.device == Device::kCUDA
              ? c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(o.device_index))
              : c10::Device(c10::DeviceType::CPU);
+}
+
+/// What DType::kAuto stands for with these options on this machine, and why; other dtypes are
+/// taken as asked.
+std::pair<DType, std::string> resolve_dtype(const Options& o) {
+  if (o.dtype != DType::kAuto) return {o.dtype, c10::str(to_string(o.dtype), " (asked for)")};
+  if (o.device == Device::kCUDA) {
+    bool bf16 = false;
+    try {
+      const c10::DeviceGuard guard(
+          c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(o.device_index)));
+      bf16 = at::detail::getCUDAHooks().supportsBFloat16ConvolutionWithCuDNNv8();
+    } catch (const std::exception&) {
+      bf16 = false;
+    }
+    if (bf16) return {DType::kBFloat16, "auto: bfloat16, which this CUDA device computes natively"};
+    return {DType::kFloat32,
+            "auto: float32, since this CUDA device is older than compute capability 8.0 and has no "
+            "native bfloat16"};
+  }
+  const CpuInfo cpu = cpu_info();
+  if (cpu.native_bfloat16) {
+    return {DType::kBFloat16, c10::str("auto: bfloat16, which this CPU (", cpu.model, ", oneDNN ",
+                                       cpu.onednn_isa, ") computes in hardware")};
+  }
+  return {DType::kFloat32,
+          c10::str("auto: float32, since this CPU (", cpu.model, ", oneDNN ", cpu.onednn_isa,
+                   ") has no bfloat16 hardware (AVX512-BF16 or AMX) and emulated bfloat16 is "
+                   "slower than float32")};
+}
+
+/// Whether oneDNN has bfloat16 kernels on this CPU under the process's ISA limit (LibTorch's own
+/// test, which its bfloat16 matrix products follow). Without them oneDNN cannot build the fused
+/// bfloat16 linear.
+bool onednn_has_bfloat16() {
+  try {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("mkldnn::_is_mkldnn_bf16_supported", "")
+                               .typed<bool()>();
+    return op.call();
+  } catch (const std::exception&) {
+    return false;
+  }
 }
 
 /// The methods of a backbone file that run the model.
@@ -319,7 +418,10 @@ struct Model::Impl {
   Options options;
   c10::Device device{c10::DeviceType::CPU};
   at::ScalarType dtype = at::kFloat;
+  DType compute_dtype = DType::kFloat32;
+  std::string dtype_reason;
   int fused_layers = 0;
+  std::string fusion_reason;
 
   /// Checks a pixel batch and returns its patch grid size {h, w}.
   std::pair<int64_t, int64_t> check_pixels(const at::Tensor& x) const {
@@ -427,7 +529,7 @@ struct Model::Impl {
                   "activations); load it with DType::kBFloat16 or DType::kFloat32");
     }
     throw Error(ErrorCode::kRuntime,
-                c10::str("dinov2: the model produced NaN or Inf in ", to_string(options.dtype),
+                c10::str("dinov2: the model produced NaN or Inf in ", to_string(compute_dtype),
                          "; check the input for NaN or Inf values"));
   }
 
@@ -526,6 +628,23 @@ Model& Model::operator=(Model&&) noexcept = default;
 Model::~Model() = default;
 
 Model Model::load(const std::string& path, Options options) {
+  // The boundary: whatever LibTorch, TorchScript or the standard library throws while reading a
+  // file leaves as a dinov2::Error.
+  try {
+    return load_checked(path, std::move(options));
+  } catch (const Error&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    throw Error(ErrorCode::kRuntime, c10::str("dinov2: out of memory while loading '", path, "'"));
+  } catch (const c10::Error& e) {
+    throw ModelFileError(c10::str("dinov2: cannot load '", path, "' (", torch_message(e), ")"));
+  } catch (const std::exception& e) {
+    throw ModelFileError(
+        c10::str("dinov2: cannot load '", path, "' (", detail::first_line(e.what()), ")"));
+  }
+}
+
+Model Model::load_checked(const std::string& path, Options options) {
   if (options.max_tokens <= 0) {
     throw Error(ErrorCode::kInvalidArgument, c10::str("dinov2: Options::max_tokens is ",
                                                       options.max_tokens, "; it must be positive"));
@@ -546,14 +665,18 @@ Model Model::load(const std::string& path, Options options) {
 
   auto impl = std::make_unique<Impl>();
   torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}, {kHeadMetadataFile, ""}};
-  try {
-    impl->module = torch::jit::load(path, c10::Device(c10::DeviceType::CPU), extra);
-  } catch (const c10::Error& e) {
-    throw ModelFileError(c10::str("dinov2: '", path, "' is not a readable TorchScript archive (",
-                                  torch_message(e),
-                                  "); a file saved with torch.save (a state dict) is not enough: "
-                                  "export the model with dinov2-export"));
-  }
+  const auto read_module = [&] {
+    try {
+      return torch::jit::load(path, c10::Device(c10::DeviceType::CPU), extra);
+    } catch (const std::exception& e) {
+      throw ModelFileError(c10::str("dinov2: '", path, "' is not a readable TorchScript archive (",
+                                    detail::first_line(e.what()),
+                                    "); a file saved with torch.save (a state dict) is not "
+                                    "enough, and a damaged file must be exported again: export "
+                                    "the model with dinov2-export"));
+    }
+  };
+  impl->module = read_module();
   if (extra[kMetadataFile].empty()) {
     if (!extra[kHeadMetadataFile].empty()) {
       throw ModelFileError(
@@ -571,42 +694,87 @@ Model Model::load(const std::string& path, Options options) {
                                     "' method; re-export it with dinov2-export"));
     }
   }
+  check_against_weights(impl->module, impl->info, path);
 
+  std::tie(impl->compute_dtype, impl->dtype_reason) = resolve_dtype(options);
   impl->options = options;
   impl->device = torch_device(options);
-  impl->dtype = scalar_type(options.dtype);
+  impl->dtype = scalar_type(impl->compute_dtype);
   if (options.threads > 0) at::set_num_threads(options.threads);
   if (options.profiled_runs >= 0) {
     torch::jit::getNumProfiledRuns() = static_cast<size_t>(options.profiled_runs);
   }
-  translate_errors("moving the model to its device and dtype", [&] {
-    impl->module.eval();
-    impl->module.to(impl->device, impl->dtype);
-    if (options.fused_kernels && options.device == Device::kCPU &&
-        options.dtype != DType::kFloat16 && at::hasMKLDNN()) {
-      impl->fused_layers = fuse_linear_gelu(impl->module);
-    }
-  });
+  bool fuse = false;
+  if (!options.fused_kernels) {
+    impl->fusion_reason = "off (Options::fused_kernels is false)";
+  } else if (options.device != Device::kCPU) {
+    impl->fusion_reason = "not applied on CUDA";
+  } else if (impl->compute_dtype == DType::kFloat16) {
+    impl->fusion_reason = "not applied in float16";
+  } else if (!at::hasMKLDNN()) {
+    impl->fusion_reason = "not applied: this LibTorch has no oneDNN";
+  } else if (impl->compute_dtype == DType::kBFloat16 && !onednn_has_bfloat16()) {
+    const CpuInfo cpu = cpu_info();
+    impl->fusion_reason = c10::str("not applied: oneDNN has no bfloat16 kernels on this CPU (",
+                                   cpu.model, ", oneDNN ", cpu.onednn_isa,
+                                   "), so bfloat16 runs LibTorch's emulated kernels, unfused");
+  } else {
+    fuse = true;
+  }
+  const auto prepare = [&] {
+    translate_errors("moving the model to its device and dtype", [&] {
+      impl->module.eval();
+      impl->module.to(impl->device, impl->dtype);
+      impl->fused_layers = fuse ? fuse_linear_gelu(impl->module) : 0;
+      if (fuse) {
+        impl->fusion_reason =
+            c10::str(impl->fused_layers, " linear + GELU pairs fused into oneDNN calls");
+      }
+    });
+  };
+  prepare();
   // One patch through the forward pass now. Reduced-precision kernels are not all present on
   // every device, so a failure is a DeviceError at load time rather than an error in the first
   // call; and without profiled runs the executor builds its optimised plan on the first call,
   // which is then paid here (docs/BENCHMARKS.md: about 0.1 s for ViT-S/14) instead of by the
   // first batch. With profiled runs the plan would be specialised to this tiny input: skip it.
-  if (options.dtype != DType::kFloat32 || options.profiled_runs == 0) {
+  // The TorchScript interpreter rethrows kernel failures as c10::Error or std::runtime_error.
+  const auto one_patch = [&]() -> std::string {
     try {
       c10::InferenceMode guard;
       const int64_t p = impl->info.patch_size;
       impl->module.forward(
           {at::zeros({1, 3, p, p}, at::TensorOptions().device(impl->device).dtype(impl->dtype))});
+      return {};
     } catch (const c10::Error& e) {
-      if (options.dtype == DType::kFloat32) {
-        throw Error(ErrorCode::kRuntime,
-                    c10::str("dinov2: the model failed on a one-patch input at load time (",
-                             torch_message(e), ")"));
+      return torch_message(e);
+    } catch (const std::exception& e) {
+      return detail::first_line(e.what());
+    }
+  };
+  if (impl->compute_dtype != DType::kFloat32 || options.profiled_runs == 0 || fuse) {
+    std::string failure = one_patch();
+    if (!failure.empty() && fuse) {
+      // The fused oneDNN call is the part most tied to the CPU: run the file's graph instead.
+      impl->fusion_reason =
+          c10::str("not applied: oneDNN could not run the fused call on this CPU (", failure, ")");
+      fuse = false;
+      impl->module = read_module();
+      prepare();
+      failure = one_patch();
+    }
+    if (!failure.empty()) {
+      if (impl->compute_dtype == DType::kFloat32) {
+        // float32 runs everywhere, so the file's own code is at fault.
+        throw ModelFileError(c10::str("dinov2: '", path,
+                                      "' failed on a one-patch input at load time (", failure,
+                                      "); its code or weights are damaged: re-export it with "
+                                      "dinov2-export"));
       }
-      throw DeviceError(c10::str(
-          "dinov2: ", to_string(options.dtype), " inference does not run on ", impl->device.str(),
-          " with this LibTorch (", torch_message(e), "); use DType::kBFloat16 or DType::kFloat32"));
+      throw DeviceError(c10::str("dinov2: ", to_string(impl->compute_dtype),
+                                 " inference does not run on ", impl->device.str(),
+                                 " with this LibTorch (", failure,
+                                 "); use DType::kBFloat16 or DType::kFloat32"));
     }
   }
   return Model(std::move(impl));
@@ -642,16 +810,26 @@ Model Model::load_package(const std::string& path, Options options) {
   if (impl->info.backend != "aotinductor") {
     bad_metadata(path, "a .pt2 package must describe an 'aotinductor' backend");
   }
-  if (to_string(options.dtype) != impl->info.dtype) {
+  if (options.dtype == DType::kAuto) {
+    impl->compute_dtype = impl->info.dtype == "bfloat16"  ? DType::kBFloat16
+                          : impl->info.dtype == "float16" ? DType::kFloat16
+                                                          : DType::kFloat32;
+    impl->dtype_reason =
+        c10::str("auto: ", impl->info.dtype, ", the dtype the package was compiled for");
+  } else if (to_string(options.dtype) != impl->info.dtype) {
     throw DeviceError(c10::str("dinov2: '", path, "' was compiled for ", impl->info.dtype,
                                ", but Options::dtype is ", to_string(options.dtype),
                                "; a package runs in the dtype it was compiled for (dinov2-export "
                                "--aot --dtype)"));
+  } else {
+    impl->compute_dtype = options.dtype;
+    impl->dtype_reason = c10::str(to_string(options.dtype), " (asked for)");
   }
   if (options.threads > 0) at::set_num_threads(options.threads);
   impl->options = options;
   impl->device = torch_device(options);
-  impl->dtype = scalar_type(options.dtype);
+  impl->dtype = scalar_type(impl->compute_dtype);
+  impl->fusion_reason = "not applied: AOTInductor packages are compiled as they are";
   try {
     impl->package = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
         path, "model", /*run_single_threaded=*/false, /*num_runners=*/1,
@@ -668,6 +846,9 @@ Model Model::load_package(const std::string& path, Options options) {
 const ModelInfo& Model::info() const { return impl_->info; }
 const Options& Model::options() const { return impl_->options; }
 int Model::fused_layers() const { return impl_->fused_layers; }
+const std::string& Model::fusion_reason() const { return impl_->fusion_reason; }
+DType Model::dtype() const { return impl_->compute_dtype; }
+const std::string& Model::dtype_reason() const { return impl_->dtype_reason; }
 
 Features Model::extract_features(const at::Tensor& pixels, bool with_prenorm) const {
   const auto [h, w] = impl_->check_pixels(pixels);

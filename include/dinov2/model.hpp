@@ -91,6 +91,16 @@ class Model {
   /// the forward, intermediate-layer and attention graphs (a 12-block ViT-S/14: 36); 0 when
   /// fusion is off or does not apply (CUDA, float16, no oneDNN, SwiGLU models).
   int fused_layers() const;
+  /// @brief Why fused_layers() is what it is, e.g. "36 linear + GELU pairs fused into oneDNN
+  /// calls", "off (Options::fused_kernels is false)", or, where oneDNN cannot build the fused
+  /// call for this CPU and dtype, that reason: the model then runs the file's graph unfused.
+  const std::string& fusion_reason() const;
+  /// @brief The dtype the model computes in: Options::dtype, with DType::kAuto resolved for this
+  /// machine (never kAuto).
+  DType dtype() const;
+  /// @brief Why dtype() was chosen, e.g. "auto: float32, since this CPU (AMD EPYC, oneDNN AVX2)
+  /// computes bfloat16 in emulation, which is slower than float32" or "float32 (asked for)".
+  const std::string& dtype_reason() const;
 
   /// @brief Runs the backbone on a batch.
   /// @param pixels [B, 3, H, W] normalised float pixels, any device.
@@ -123,6 +133,7 @@ class Model {
  private:
   struct Impl;
   explicit Model(std::unique_ptr<Impl> impl);
+  static Model load_checked(const std::string& path, Options options);
   static Model load_package(const std::string& path, Options options);
   std::unique_ptr<Impl> impl_;
 };

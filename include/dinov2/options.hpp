@@ -18,6 +18,11 @@ enum class DType {
   kFloat32,   ///< full precision; the reference numerics
   kBFloat16,  ///< about 3 significant digits, float32 range: the safe reduced precision
   kFloat16,   ///< about 3 significant digits, range up to 65504: may overflow to NaN/Inf
+  /// The fastest dtype that keeps the features (CLS cosine with float32 >= 0.999): bfloat16 on
+  /// CPUs that compute it in hardware (CpuInfo::native_bfloat16: AVX512-BF16 or AMX) and on CUDA
+  /// devices of compute capability 8.0 and up; float32 everywhere else. Model::dtype() says
+  /// which was chosen and Model::dtype_reason() why.
+  kAuto,
 };
 
 /// @brief How Model::load places and runs the model. A plain struct: set fields directly or
@@ -29,7 +34,9 @@ struct Options {
   /// @brief Index of the CUDA device (ignored on the CPU). Default 0.
   int device_index = 0;
   /// @brief Compute dtype. The loaded module is converted to it when the file was exported in
-  /// another dtype. Outputs are float32 whatever this is. Default float32.
+  /// another dtype. Outputs are float32 whatever this is. Default float32, the reference
+  /// numerics; DType::kAuto picks bfloat16 where the hardware computes it (the throughput
+  /// choice).
   DType dtype = DType::kFloat32;
   /// @brief Intra-op CPU threads, applied with at::set_num_threads at load time. This setting is
   /// process-wide (LibTorch has a single pool): the last Model loaded with threads > 0 wins, and
@@ -41,9 +48,12 @@ struct Options {
   int64_t max_tokens = 16384;
   /// @brief On the CPU in float32 or bfloat16, run each MLP's first linear layer and its GELU as
   /// one oneDNN call (no separate bias copy and GELU pass; docs/BENCHMARKS.md has the gain).
-  /// Outputs then differ from the exported graph by rounding only (about 1e-6 relative). false
-  /// runs the file's graph exactly as exported. Ignored on CUDA, in float16, and when LibTorch
-  /// has no oneDNN. Default true.
+  /// Outputs then differ from the exported graph by rounding only: bit-identical on the AVX-512
+  /// Xeon where it was measured, within 1.1e-6 on an AVX2 EPYC. false runs the file's graph
+  /// exactly as exported. Ignored on CUDA, in float16, and when LibTorch has no oneDNN; where
+  /// oneDNN cannot build the fused call for this CPU and dtype (bfloat16 without AVX-512, or
+  /// under ONEDNN_MAX_CPU_ISA), the model runs unfused and Model::fusion_reason() says why.
+  /// Default true.
   bool fused_kernels = true;
   /// @brief How many profiled runs LibTorch's TorchScript executor makes before it optimises a
   /// graph, set at load time when >= 0. Process-wide, like threads. The profiling run holds
@@ -87,13 +97,15 @@ struct Options {
 
 /// @brief "cpu" or "cuda".
 inline const char* to_string(Device d) { return d == Device::kCUDA ? "cuda" : "cpu"; }
-/// @brief "float32", "bfloat16" or "float16" (the names used in the file metadata).
+/// @brief "float32", "bfloat16", "float16" (the names used in the file metadata) or "auto".
 inline const char* to_string(DType d) {
   switch (d) {
     case DType::kBFloat16:
       return "bfloat16";
     case DType::kFloat16:
       return "float16";
+    case DType::kAuto:
+      return "auto";
     default:
       return "float32";
   }

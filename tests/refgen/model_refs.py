@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -61,6 +63,8 @@ BROKEN = [
     "model_bad_json.pt",
     "model_missing_field.pt",
     "model_no_methods.pt",
+    "model_wrong_patch.pt",
+    "model_bad_code.pt",
     "model_fp16_overflow.pt",
 ]
 
@@ -182,6 +186,26 @@ def broken_files(out: Path) -> None:
     )
     with_meta("model_no_methods.pt", json.dumps(good))
 
+    # A real export whose metadata lies about the graph, and one whose code does not compile.
+    def rewrite(file: str, edit) -> None:
+        src = out / "model_s4reg.pt"
+        with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out / file, "w") as zout:
+            for info in zin.infolist():
+                zout.writestr(info.filename, edit(info.filename, zin.read(info.filename)))
+
+    def patch16(name: str, data: bytes) -> bytes:
+        return (
+            json.dumps({**good, "patch_size": 16}).encode()
+            if name.endswith(METADATA_FILE)
+            else data
+        )
+
+    def syntax_error(name: str, data: bytes) -> bytes:
+        return data + b"\ndef (:\n" if name.endswith("dinov2_export/model.py") else data
+
+    rewrite("model_wrong_patch.pt", patch16)
+    rewrite("model_bad_code.pt", syntax_error)
+
     # Activations above the float16 range (65504): fine in float32, Inf then NaN in float16.
     w = load_weights("random", "dinov2_vits14_reg", seed=3, depth=1)
     sd = dict(w.state_dict)
@@ -203,6 +227,7 @@ def main() -> int:
     stamp = out / "model_refs.stamp"
     digest = stamp_digest()
     wanted = [f"{n}.pt" for n in MODELS] + [f"{n}_refs.pt" for n in MODELS] + BROKEN
+    wanted.append("model_refs_machine.json")
     if (
         not args.force
         and stamp.exists()
@@ -217,6 +242,16 @@ def main() -> int:
         model_refs(out, name)
         print(f"model_refs: {name} in {time.perf_counter() - t0:.1f} s")
     broken_files(out)
+    # The ISA the references were computed under: the C++ tests expect bit-identical results
+    # only from a process that runs the same kernels (tests/unit/test_model.cpp, exactness()).
+    machine = {
+        "aten_capability": torch.backends.cpu.get_cpu_capability(),
+        "aten_limit": os.environ.get("ATEN_CPU_CAPABILITY", ""),
+        "onednn_limit": os.environ.get(
+            "ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")
+        ),
+    }
+    (out / "model_refs_machine.json").write_text(json.dumps(machine) + "\n")
     stamp.write_text(digest + "\n")
     print(f"model_refs: wrote {len(wanted)} files to {out}")
     return 0
