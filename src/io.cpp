@@ -21,6 +21,7 @@
 
 #ifndef _WIN32
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #endif
 
@@ -98,16 +99,31 @@ at::Tensor host_bytes(const at::Tensor& t) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A file written to PATH.tmp and renamed to PATH on commit.
+// A file written to a fresh PATH.tmp-XXXXXX beside PATH and renamed to PATH on commit: nothing
+// that exists is opened for writing, so a file of the user's that happens to be called PATH.tmp
+// is never truncated.
 
 class AtomicFile {
  public:
-  explicit AtomicFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp") {
+  explicit AtomicFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp-XXXXXX") {
+#ifndef _WIN32
+    const int fd = ::mkstemp(tmp_.data());
+    if (fd >= 0) {
+      // mkstemp creates 0600; the finished file gets the usual permissions (umask applied).
+      const mode_t mask = ::umask(0);
+      ::umask(mask);
+      ::fchmod(fd, 0666 & ~mask);
+      file_ = ::fdopen(fd, "wb");
+      if (file_ == nullptr) ::close(fd);
+    }
+#else
+    tmp_ = path_ + ".tmp";
     file_ = std::fopen(tmp_.c_str(), "wb");
+#endif
     if (file_ == nullptr) {
-      bad_file(tmp_, fmt::format("cannot create the file ({}); check that the folder exists and "
-                                 "is writable",
-                                 errno_text()));
+      bad_file(path_, fmt::format("cannot create the file ({}); check that the folder exists "
+                                  "and is writable",
+                                  errno_text()));
     }
   }
   AtomicFile(const AtomicFile&) = delete;
@@ -769,7 +785,11 @@ at::Tensor load_npy(const std::string& path) {
     bad_file(path, fmt::format("NumPy dtype '{}' is not supported", d.descr));
   }
   const int64_t numel = checked_numel(d.shape);
-  if (numel < 0) bad_file(path, "the shape overflows");
+  if (numel < 0 || static_cast<uint64_t>(numel) > size / element_size(found->type)) {
+    bad_file(path, fmt::format("shape {} of '{}' needs more data bytes than the file's {}; it is "
+                               "truncated or corrupt",
+                               shape_text(d.shape), d.descr, size));
+  }
   const uint64_t nbytes = static_cast<uint64_t>(numel) * element_size(found->type);
   if (prefix + header_len + nbytes != size) {
     bad_file(path, fmt::format("shape {} of '{}' needs {} data bytes but the file holds {}; it is "

@@ -376,6 +376,7 @@ at::Tensor upsample_to_original(const at::Tensor& colors, const PatchGrid& grid,
 
 at::Tensor contact_sheet(const std::vector<std::vector<at::Tensor>>& rows, int64_t height,
                          int64_t gap) {
+  constexpr int64_t kMaxTileAspect = 8;
   if (height < 1 || gap < 0) {
     throw InputError("dinov2: contact_sheet: height must be positive and gap non-negative",
                      ErrorCode::kInvalidArgument);
@@ -395,13 +396,23 @@ at::Tensor contact_sheet(const std::vector<std::vector<at::Tensor>>& rows, int64
                            shape_of(rows[r][i]));
         }
         img = img.cpu().expand({img.size(0), img.size(1), 3}).contiguous();
-        const auto w = std::max<int64_t>(
-            1, std::llround(static_cast<double>(img.size(1)) * height / img.size(0)));
+        // Each tile fits a box of height x kMaxTileAspect * height: a 1x3000 strip would
+        // otherwise be scaled to 256x768000 pixels. A wider image is shrunk to the box's width
+        // and centred vertically on black.
+        const double scale = std::min(static_cast<double>(height) / img.size(0),
+                                      static_cast<double>(kMaxTileAspect * height) / img.size(1));
+        const auto w = std::max<int64_t>(1, std::llround(img.size(1) * scale));
+        const auto h = std::clamp<int64_t>(std::llround(img.size(0) * scale), 1, height);
         cv::Mat dst;
-        cv::resize(mat_view(img), dst, cv::Size(static_cast<int>(w), static_cast<int>(height)), 0,
-                   0, cv::INTER_AREA);
+        cv::resize(mat_view(img), dst, cv::Size(static_cast<int>(w), static_cast<int>(h)), 0, 0,
+                   cv::INTER_AREA);
+        at::Tensor tile = tensor_copy(dst);
+        if (h < height) {
+          const int64_t top = (height - h) / 2;
+          tile = at::constant_pad_nd(tile, {0, 0, 0, 0, top, height - h - top}, 0);
+        }
         if (!parts.empty()) parts.push_back(at::zeros({height, gap, 3}, at::kByte));
-        parts.push_back(tensor_copy(dst));
+        parts.push_back(tile);
       }
       if (parts.empty()) continue;
       strips.push_back(at::cat(parts, 1));

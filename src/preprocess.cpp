@@ -956,6 +956,20 @@ std::string Recipe::to_string() const {
   return "unknown";
 }
 
+int64_t Recipe::token_bound() const {
+  switch (kind_) {
+    case Kind::kEvalCenterCrop:
+      return int64_t{b_ / kPatchSize} * (b_ / kPatchSize);
+    case Kind::kPatchAligned: {
+      const int64_t side = std::max<int64_t>(1, (a_ + kPatchSize / 2) / kPatchSize);
+      // The longer side gets `side` patches, the shorter one at most as many.
+      return std::min(max_tokens_, side * side);
+    }
+    default:
+      return int64_t{a_ / kPatchSize} * (b_ / kPatchSize);
+  }
+}
+
 ResizePlan Recipe::plan(int64_t height, int64_t width) const {
   if (height <= 0 || width <= 0) {
     throw InputError(
@@ -1008,6 +1022,13 @@ ResizePlan Recipe::plan(int64_t height, int64_t width) const {
       p.resized_width = out_w = cols * kPatchSize;
       break;
     }
+  }
+  if (p.resized_height * p.resized_width > kMaxResizedPixels) {
+    throw InputError(
+        text("dinov2: {} resizes an image of {}x{} pixels to {}x{}, over the limit of "
+             "{} pixels (kMaxResizedPixels); crop the image or use another recipe",
+             to_string(), height, width, p.resized_height, p.resized_width, kMaxResizedPixels),
+        ErrorCode::kTooManyTokens);
   }
   PatchGrid& g = p.grid;
   g.rows = out_h / kPatchSize;

@@ -228,6 +228,16 @@ LinearProbe LinearProbe::load(const std::string& path) {
   LinearProbe probe;
   probe.weight_ = w->second.to(at::kFloat).contiguous();
   probe.bias_ = b->second.to(at::kFloat).contiguous();
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"weight", probe.weight_},
+                                {"bias", probe.bias_}}) {
+    const at::Tensor bad = at::logical_not(at::isfinite(t));
+    if (bad.any().item<bool>()) {
+      const int64_t row = bad.dim() == 2 ? bad.any(1).nonzero()[0][0].item<int64_t>()
+                                         : bad.nonzero()[0][0].item<int64_t>();
+      throw ModelFileError("dinov2: the probe file '" + path + "' holds NaN or Inf in " + name +
+                           " (class row " + std::to_string(row) + "); retrain the probe");
+    }
+  }
   probe.loss_ = std::numeric_limits<double>::quiet_NaN();
   for (const auto& [key, value] : meta) {
     if (key == "format" || key == "format_version" || key == "num_classes" ||

@@ -142,7 +142,9 @@ at::Tensor upsample_to_original(const at::Tensor& colors, const PatchGrid& grid,
 
 /// @brief A contact sheet: each row's images (e.g. original | PCA | mask) scaled to `height`
 /// pixels keeping their aspect ratio (area interpolation), side by side with `gap` black pixels
-/// between them; rows stacked, left-aligned, padded with black to the widest row.
+/// between them; rows stacked, left-aligned, padded with black to the widest row. An image more
+/// than 8 times wider than high is scaled to 8 * height pixels wide instead (and centred
+/// vertically), so that no tile is wider than that.
 /// @param rows per row, images [H, W, 3] or [H, W] uint8 RGB (grey is replicated).
 /// @return [H, W, 3] uint8 RGB CPU.
 at::Tensor contact_sheet(const std::vector<std::vector<at::Tensor>>& rows, int64_t height = 256,

@@ -27,6 +27,12 @@ namespace dinov2 {
 /// @brief Pixels per patch side of every DINOv2 backbone; recipe sizes are multiples of it.
 inline constexpr int kPatchSize = 14;
 
+/// @brief The largest resized image (height x width, before the crop) a Recipe plans: 178,956,970
+/// pixels, Pillow's decompression-bomb limit. An image whose plan needs more (an extreme aspect
+/// ratio under eval_center_crop, say 1x3000 resized to 256x768000) is refused with InputError
+/// before any pixel is allocated.
+inline constexpr int64_t kMaxResizedPixels = 178956970;
+
 /// @brief Where one image's pixels go under a recipe: the bicubic resize, then the crop.
 struct ResizePlan {
   int64_t resized_height = 0;  ///< size of the resized image, before cropping
@@ -85,8 +91,14 @@ class Recipe {
 
   /// @brief The geometry for an image of height x width pixels: resize size, crop offsets and the
   /// resulting PatchGrid (crop box in original pixels). Throws InputError when a side is not
-  /// positive.
+  /// positive, or when the resized image would exceed kMaxResizedPixels.
   ResizePlan plan(int64_t height, int64_t width) const;
+
+  /// @brief The most patch tokens one image can give under this recipe, whatever its size: the
+  /// fixed grid of square, resize and eval_center_crop; for patch_aligned, the smaller of its
+  /// token cap and the grid of a square image. Compare it with Options::max_tokens before reading
+  /// any image, as the `dinov2` tool does.
+  int64_t token_bound() const;
 
   /// @brief Token cap of kPatchAligned; 0 for the other kinds. (The sizes are in to_string(); the
   /// geometry for an image is plan().)

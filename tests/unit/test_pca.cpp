@@ -195,6 +195,15 @@ TEST_CASE("contact_sheet lays images out in rows of one height", "[pca][image]")
   CHECK_THROWS_AS(dinov2::contact_sheet({{at::zeros({4, 4, 3})}}), dinov2::InputError);
 }
 
+TEST_CASE("contact_sheet keeps a very wide image within 8 row heights", "[pca][image]") {
+  // A 1x3000 strip at row height 256 would be 768,000 pixels wide; it is fitted to 2048 x 1.
+  const at::Tensor strip = at::full({1, 3000, 3}, 200, at::kByte);
+  const at::Tensor sheet = dinov2::contact_sheet({{strip, strip}}, 256, 8);
+  REQUIRE(sheet.sizes() == at::IntArrayRef({256, 2048 + 8 + 2048, 3}));
+  CHECK(sheet[127][100][0].item<int>() == 200);  // the strip, 1 pixel high, centred vertically
+  CHECK(sheet[0][100][0].item<int>() == 0);
+}
+
 TEST_CASE("save_png writes RGB that OpenCV reads back as BGR", "[pca][image]") {
   const std::string path = data_path("analysis_test_save.png");
   const at::Tensor rgb = at::randint(0, 256, {7, 9, 3}, at::kByte);

@@ -326,6 +326,29 @@ TEST_CASE("square and resize recipes cover the whole image", "[preprocess][recip
   check_grid(q.grid, 16, 22, 0, 0, 60, 100);
 }
 
+TEST_CASE("token_bound is the largest grid a recipe can give, known before any image",
+          "[preprocess][recipe]") {
+  CHECK(Recipe::square(518).token_bound() == 37 * 37);
+  CHECK(Recipe::resize(14000, 14000).token_bound() == 1000 * 1000);
+  CHECK(Recipe::eval_center_crop(256, 224).token_bound() == 16 * 16);
+  CHECK(Recipe::patch_aligned(518).token_bound() == 37 * 37);
+  CHECK(Recipe::patch_aligned(1036, 1000).token_bound() == 1000);
+  for (const auto& [h, w] : {std::pair<int64_t, int64_t>{300, 451}, {451, 300}, {17, 2000}}) {
+    for (const auto& r : {Recipe::patch_aligned(518), Recipe::patch_aligned(1036, 1000)}) {
+      const auto g = r.plan(h, w).grid;
+      CHECK(g.rows * g.cols <= r.token_bound());
+    }
+  }
+}
+
+TEST_CASE("a plan whose resized image is too large is refused before any pixel",
+          "[preprocess][recipe][errors]") {
+  // eval_center_crop of a 1x3000 strip: shorter side 1 -> 256, longer 3000 -> 768,000.
+  CHECK_THROWS_WITH(Recipe::eval_center_crop(256, 224).plan(1, 3000),
+                    ContainsSubstring("over the limit of 178956970 pixels (kMaxResizedPixels)"));
+  CHECK(Recipe::eval_center_crop(256, 224).plan(10, 3000).resized_width == 76800);
+}
+
 TEST_CASE("eval_center_crop resizes the shorter side and crops the centre as torchvision does",
           "[preprocess][recipe]") {
   const Recipe r = Recipe::eval_center_crop();
