@@ -207,6 +207,56 @@ def test_extract_equals_the_scripted_model_on_pillow_pixels(tmp_path, model, scr
         assert max_err(tensors["patch"][i], patches[0].reshape(37, 37, 384)) <= TOL, p
 
 
+# oneDNN's ISA levels from AVX512_CORE_BF16 up: where bfloat16 arithmetic is in hardware.
+BF16_LEVELS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16"}
+BF16_LEVELS |= {"AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "ALL", "DEFAULT"}
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware and no ISA limit forbids it: PyTorch's
+    cpuinfo flags, independent of the tool's own detection."""
+    caps = torch._C._cpu._get_cpu_capability()
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "ALL"))
+    hardware = caps.get("avx512_bf16", False) or caps.get("amx_bf16", False)
+    return bool(hardware) and limit.upper() in BF16_LEVELS
+
+
+def test_version_names_the_machine():
+    r = run("--version")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("dinov2 ") and "LibTorch" in lines[0]
+    cpu = lines[1]
+    assert cpu.startswith("CPU: ") and f"ATen {torch.backends.cpu.get_cpu_capability()}" in cpu
+    assert ("bfloat16 native" if native_bfloat16() else "bfloat16 emulated") in cpu
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "auto"])
+def test_bfloat16_and_auto_run_on_any_cpu_and_keep_the_features(tmp_path, model, photos, dtype):
+    ref = tmp_path / "f32.safetensors"
+    r = run("extract", "-m", model, "-o", ref, "--recipe", "eval224", photos)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / f"{dtype}.safetensors"
+    r = run("extract", "-m", model, "-o", out, "--recipe", "eval224", "--dtype", dtype, photos)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("dinov2 extract: CPU "), r.stderr  # the machine comes first
+    native = native_bfloat16()
+    expected = "bfloat16" if dtype == "bfloat16" or native else "float32"
+    t32, _ = load_output(ref)
+    t, meta = load_output(out)
+    assert meta["compute_dtype"] == expected and meta["requested_dtype"] == dtype
+    cpu = json.loads(meta["cpu"])
+    assert cpu["aten_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert cpu["native_bfloat16"] == native
+    assert int(meta["fused_layers"]) >= 0 and meta["fusion"]
+    cosine = torch.nn.functional.cosine_similarity(t["cls"], t32["cls"], dim=1).min().item()
+    assert cosine >= 0.999, cosine
+    slow = "dinov2: warning: this CPU" in r.stderr
+    assert slow == (expected == "bfloat16" and not native), r.stderr
+    if slow:
+        assert re.search(r"ran \d+\.\dx slower in bfloat16", r.stderr), r.stderr
+
+
 def test_bad_images_are_reported_skipped_and_nothing_good_is_lost(tmp_path, model, bad_folder):
     out = tmp_path / "feats.safetensors"
     r = run("extract", "--model", model, "--output", out, "--recipe", "eval224", bad_folder)

@@ -30,6 +30,7 @@ std::string reason(const std::exception& e) {
 }  // namespace
 
 Preprocessor model_preprocessor(const Model& model, const Recipe& recipe) {
+  check_recipe(recipe, model);
   const auto& info = model.info();
   return Preprocessor(recipe, Normalization::from({info.mean[0], info.mean[1], info.mean[2]},
                                                   {info.std[0], info.std[1], info.std[2]}));

@@ -10,8 +10,12 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -30,6 +34,7 @@
 #include "dinov2/model.hpp"
 #include "dinov2/opencv.hpp"
 #include "dinov2/preprocess.hpp"
+#include "dinov2/runtime.hpp"
 #include "dinov2/version.hpp"
 
 namespace dinov2::cli {
@@ -51,6 +56,7 @@ struct ExtractArgs {
   std::string format = "safetensors";
   std::string shard;
   bool resume = false;
+  bool overwrite = false;
   bool ignore_orientation = false;
   std::vector<std::string> inputs;
 };
@@ -256,15 +262,26 @@ class SafetensorsSink : public OutputSink {
   SafetensorsWriter writer_;
 };
 
+/// A folder beside `target` named TARGET.SUFFIX-XXXXXX that did not exist before: created here,
+/// so this run may remove it.
+std::string fresh_folder_beside(const std::string& target, const char* suffix) {
+  std::string name = fmt::format("{}.{}-XXXXXX", target, suffix);
+  if (::mkdtemp(name.data()) == nullptr) {
+    throw InputError(
+        fmt::format("dinov2: cannot create a folder beside {} ({}); check that its "
+                    "folder is writable",
+                    target, std::strerror(errno)));
+  }
+  return name;
+}
+
 class NpySink : public OutputSink {
  public:
-  explicit NpySink(std::string folder) : folder_(std::move(folder)), tmp_(folder_ + ".tmp") {
+  explicit NpySink(std::string folder)
+      : folder_(std::move(folder)), tmp_(fresh_folder_beside(folder_, "tmp")) {}
+  ~NpySink() override {
     std::error_code ec;
-    fs::remove_all(tmp_, ec);
-    fs::create_directories(tmp_, ec);
-    if (ec) {
-      throw InputError(fmt::format("dinov2: cannot create the folder {} ({})", tmp_, ec.message()));
-    }
+    if (!committed_) fs::remove_all(tmp_, ec);  // made by this run, in the constructor
   }
   void begin(const std::string& name, at::ScalarType dtype,
              const std::vector<int64_t>& shape) override {
@@ -276,12 +293,13 @@ class NpySink : public OutputSink {
     finish_current();
     write_file_atomically((fs::path(tmp_) / "metadata.json").string(),
                           dump_json(metadata, 2) + "\n");
-    // Swap the finished folder in; an older output is moved aside first and then deleted.
+    // Swap the finished folder in. An older output (checked before the run to be one of ours,
+    // or given up with --overwrite) is moved aside to a fresh name first, then deleted.
     std::error_code ec;
-    const std::string old = folder_ + ".old";
-    fs::remove_all(old, ec);
-    if (fs::exists(folder_)) {
-      fs::rename(folder_, old, ec);
+    std::string old;
+    if (fs::exists(fs::symlink_status(folder_, ec))) {
+      old = fresh_folder_beside(folder_, "old");
+      fs::rename(folder_, fs::path(old) / "output", ec);
       if (ec) {
         throw InputError(fmt::format("dinov2: cannot replace {} ({})", folder_, ec.message()));
       }
@@ -291,7 +309,8 @@ class NpySink : public OutputSink {
       throw InputError(
           fmt::format("dinov2: cannot move {} to {} ({})", tmp_, folder_, ec.message()));
     }
-    fs::remove_all(old, ec);
+    committed_ = true;
+    if (!old.empty()) fs::remove_all(old, ec);
   }
 
  private:
@@ -301,6 +320,7 @@ class NpySink : public OutputSink {
   }
   std::string folder_;
   std::string tmp_;
+  bool committed_ = false;
   std::optional<NpyWriter> current_;
 };
 
@@ -457,10 +477,106 @@ json run_fingerprint(const ExtractArgs& args, const ModelInfo& info, const Recip
       {"inputs", items.size()},          {"inputs_digest", fmt::format("{:016x}", fnv1a(items))}};
 }
 
+/// The metadata of a features output written by this tool, or nullopt when `path` is not one
+/// (a safetensors file, or with --format npy a folder holding only .npy files and metadata.json).
+std::optional<json> our_output(const std::string& path) {
+  std::error_code ec;
+  const auto status = fs::symlink_status(path, ec);
+  try {
+    json meta;
+    if (fs::is_regular_file(status)) {
+      SafetensorsReader reader(path);
+      for (const auto& [key, value] : reader.metadata()) meta[key] = value;
+    } else if (fs::is_directory(status)) {
+      for (const auto& entry : fs::directory_iterator(path)) {
+        const std::string name = entry.path().filename().string();
+        if (!entry.is_regular_file() ||
+            (entry.path().extension() != ".npy" && name != "metadata.json")) {
+          return std::nullopt;  // something of the user's is in there
+        }
+      }
+      std::ifstream in(fs::path(path) / "metadata.json");
+      meta = json::parse(in);
+    } else {
+      return std::nullopt;
+    }
+    if (meta.value("format", "") != "dinov2-features") return std::nullopt;
+    return meta;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+/// Whether `output` is the finished output of the run whose fingerprint is in `run_file`.
+bool finished_run(const std::string& output, const std::string& run_file) {
+  const auto meta = our_output(output);
+  if (!meta || !meta->contains("run")) return false;
+  try {
+    std::ifstream in(run_file);
+    const json run = json::parse(in);
+    const json& recorded = meta->at("run");
+    return (recorded.is_string() ? json::parse(recorded.get<std::string>()) : recorded) == run;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+/// Checks --output before any work: an empty name, a folder where a file is meant, a target
+/// that exists but was not written by this tool (refused unless --overwrite), or a folder that
+/// cannot be written. Normalises a trailing '/' of an npy folder.
+void check_output(ExtractArgs& args) {
+  const auto refuse = [](const std::string& why) {
+    throw InputError("dinov2: --output " + why, ErrorCode::kInvalidArgument);
+  };
+  if (args.output.empty()) {
+    refuse("is empty; name a .safetensors file (or a folder with --format npy)");
+  }
+  const bool npy = args.format == "npy";
+  if (!npy && args.output.back() == '/') {
+    refuse(
+        fmt::format("'{}' ends with '/', a folder; name a file, e.g. {}features.safetensors, "
+                    "or use --format npy to write a folder",
+                    args.output, args.output));
+  }
+  while (args.output.size() > 1 && args.output.back() == '/') args.output.pop_back();
+  std::error_code ec;
+  const auto status = fs::symlink_status(args.output, ec);
+  if (fs::exists(status)) {
+    if (!npy && fs::is_directory(status)) {
+      refuse(
+          fmt::format("'{}' is an existing folder; name a .safetensors file (or use --format "
+                      "npy)",
+                      args.output));
+    }
+    if (!args.overwrite && !our_output(args.output)) {
+      refuse(
+          fmt::format("'{}' exists and was not written by dinov2 extract{}; choose another "
+                      "name, or pass --overwrite to replace it",
+                      args.output,
+                      npy && fs::is_directory(status)
+                          ? " (a folder of its outputs holds only .npy files and metadata.json)"
+                          : ""));
+    }
+  }
+  fs::path parent = fs::path(args.output).parent_path();
+  if (parent.empty()) parent = ".";
+  fs::create_directories(parent, ec);
+  if (ec || ::access(parent.c_str(), W_OK) != 0) {
+    refuse(fmt::format("'{}' cannot be written: its folder {} {}", args.output, parent.string(),
+                       ec ? "cannot be created (" + ec.message() + ")"
+                          : "is not writable (" + std::string(std::strerror(errno)) + ")"));
+  }
+}
+
 void prepare_parts_dir(const ExtractArgs& args, const std::string& parts_dir,
                        const json& fingerprint) {
   const std::string run_file = (fs::path(parts_dir) / "run.json").string();
   std::error_code ec;
+  if (fs::exists(parts_dir) && !args.resume && finished_run(args.output, run_file)) {
+    // Killed after the output was moved into place but before the parts were deleted: the run
+    // is complete, and its parts (ours: they hold run.json) are no longer needed.
+    fs::remove_all(parts_dir, ec);
+  }
   if (fs::exists(parts_dir)) {
     if (!args.resume) {
       throw InputError(fmt::format(
@@ -493,7 +609,9 @@ void prepare_parts_dir(const ExtractArgs& args, const std::string& parts_dir,
     }
     // Leftovers of a write that was killed before its rename.
     for (const auto& entry : fs::directory_iterator(parts_dir, ec)) {
-      if (entry.path().extension() == ".tmp") fs::remove(entry.path(), ec);
+      if (entry.path().filename().string().find(".tmp-") != std::string::npos) {
+        fs::remove(entry.path(), ec);
+      }
     }
     return;
   }
@@ -524,13 +642,14 @@ int64_t part_input_count(const std::string& path) {
                               json::parse(reader.metadata().at("failed")).size());
 }
 
-int run_extract(const ExtractArgs& args) {
+int run_extract(ExtractArgs args) {
   if (args.format == "npy" && args.patch_dtype == "bfloat16" && !args.no_patches) {
     throw InputError(
         "dinov2: --patch-dtype bfloat16 cannot be stored in .npy (NumPy has no "
         "bfloat16); use float16 or float32, or --format safetensors",
         ErrorCode::kInvalidArgument);
   }
+  check_output(args);
   const Recipe recipe = parse_recipe(args.recipe);
   const auto [shard_i, shard_n] =
       args.shard.empty() ? std::pair<int64_t, int64_t>{0, 1} : parse_shard(args.shard);
@@ -549,7 +668,10 @@ int run_extract(const ExtractArgs& args) {
       items.push_back({static_cast<int64_t>(k), all[k]});
   }
 
+  std::cerr << "dinov2 extract: CPU " << to_string(cpu_info()) << "\n";
   const Model model = args.model.load();
+  std::cerr << "dinov2 extract: " << describe_model(model) << "\n";
+  check_recipe(recipe, model);
   const ModelInfo& info = model.info();
   const Preprocessor preprocessor(recipe,
                                   Normalization::from({info.mean[0], info.mean[1], info.mean[2]},
@@ -561,13 +683,9 @@ int run_extract(const ExtractArgs& args) {
       recipe.kind() == Recipe::Kind::kPatchAligned ? 4 * int64_t{args.batch} : args.batch;
   const int64_t chunks = static_cast<int64_t>((items.size() + static_cast<size_t>(chunk_size) - 1) /
                                               static_cast<size_t>(chunk_size));
-  const fs::path out_path(args.output);
-  if (out_path.has_parent_path()) {
-    std::error_code ec;
-    fs::create_directories(out_path.parent_path(), ec);
-  }
   const std::string parts_dir = args.output + ".parts";
-  prepare_parts_dir(args, parts_dir, run_fingerprint(args, info, recipe, chunk_size, items));
+  const json fingerprint = run_fingerprint(args, info, recipe, chunk_size, items);
+  prepare_parts_dir(args, parts_dir, fingerprint);
 
   auto chunk_items = [&](int64_t c) {
     const auto begin = items.begin() + c * chunk_size;
@@ -626,12 +744,13 @@ int run_extract(const ExtractArgs& args) {
       {"model_file", args.model.path},
       {"recipe", recipe.to_string()},
       {"device", args.model.device},
-      {"compute_dtype", args.model.dtype},
       {"patch_dtype", args.no_patches ? "none" : args.patch_dtype},
       {"exif_orientation", args.ignore_orientation ? "ignored" : "applied"},
       {"shard", fmt::format("{}/{}", shard_i, shard_n)},
       {"inputs_total", all.size()},
   };
+  metadata.update(runtime_metadata(model));
+  metadata["run"] = fingerprint;  // lets a rerun recognise this output as the finished run
   int64_t rows_written = 0, failed = 0;
   merge_parts(args, parts_dir, chunks, recipe, model, std::move(metadata), rows_written, failed);
   std::error_code ec;
@@ -682,6 +801,9 @@ Command register_extract(CLI::App& app) {
       ->type_name("I/N");
   sub->add_flag("--resume", args->resume,
                 "Continue an interrupted run with the same arguments from OUTPUT.parts/");
+  sub->add_flag("--overwrite", args->overwrite,
+                "Replace an OUTPUT that exists but was not written by dinov2 extract (an output "
+                "of an earlier run is replaced without it)");
   sub->add_flag("--ignore-orientation", args->ignore_orientation,
                 "Keep the stored pixel order of photos with an EXIF orientation tag (as PIL's "
                 "Image.open does) instead of turning them upright");

@@ -113,7 +113,9 @@ int run_search(const SearchArgs& args) {
     } else {
       FaissIndex index(cls.shape[1]);
       for (int64_t b = 0; b < rows; b += kRowsPerRead) {
-        index.add(gallery.read_rows("cls", b, std::min(rows, b + kRowsPerRead)));
+        const at::Tensor chunk = gallery.read_rows("cls", b, std::min(rows, b + kRowsPerRead));
+        check_finite_rows(chunk, b, "the gallery " + args.gallery);
+        index.add(chunk);
       }
       index.save(args.index);
       std::cerr << fmt::format("dinov2: wrote a FAISS index of {} vectors to {}\n", rows,
@@ -123,7 +125,9 @@ int run_search(const SearchArgs& args) {
   } else {
     CosineTopK search(queries.cls, args.k);
     for (int64_t b = 0; b < rows; b += kRowsPerRead) {
-      search.add(gallery.read_rows("cls", b, std::min(rows, b + kRowsPerRead)), b);
+      const at::Tensor chunk = gallery.read_rows("cls", b, std::min(rows, b + kRowsPerRead));
+      check_finite_rows(chunk, b, "the gallery " + args.gallery);
+      search.add(chunk, b);
     }
     result = search.result();
   }

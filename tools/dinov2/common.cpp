@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "common.hpp"
 
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 #include <fmt/format.h>
+#include <torch/version.h>
 #include <unistd.h>
 #include <opencv2/core/utils/logger.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -9,14 +12,19 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
 #include <optional>
+#include <set>
+#include <thread>
 
 #include "dinov2/error.hpp"
+#include "dinov2/runtime.hpp"
 
 namespace dinov2::cli {
 
@@ -33,14 +41,36 @@ void ModelArgs::add_to(CLI::App* app) {
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   app->add_option("--dtype", dtype,
-                  "Compute dtype (outputs are float32 whatever this is); bfloat16 is the safe "
-                  "reduced precision, float16 may overflow")
-      ->check(CLI::IsMember({"float32", "bfloat16", "float16"}))
+                  "Compute dtype (outputs are float32 whatever this is). float32 is exact; auto "
+                  "is the throughput choice: bfloat16 where the hardware computes it (AVX512-BF16, "
+                  "AMX, CUDA 8.0+), else float32. bfloat16 is the safe reduced precision (slower "
+                  "than float32 on CPUs without bfloat16 hardware), float16 may overflow")
+      ->check(CLI::IsMember({"float32", "bfloat16", "float16", "auto"}))
       ->capture_default_str();
   app->add_option("--threads", threads,
-                  "CPU threads for LibTorch (0: LibTorch's default, one per core)")
-      ->check(CLI::NonNegativeNumber)
+                  fmt::format("CPU threads for LibTorch (0: LibTorch's default, one per core; at "
+                              "most {}, 4 per core)",
+                              max_threads()))
+      ->check(CLI::Range(0, max_threads()))
       ->capture_default_str();
+  app->add_option("--max-pixels", max_pixels,
+                  "Largest decoded image, in pixels, read from the file's header before decoding "
+                  "(Pillow's decompression-bomb limit)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app->add_option("--max-file-size", max_file_mib, "Largest image file read, in MiB")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+}
+
+InputLimits& input_limits() {
+  static InputLimits limits;
+  return limits;
+}
+
+int max_threads() {
+  const unsigned cores = std::thread::hardware_concurrency();
+  return 4 * static_cast<int>(cores == 0 ? 1 : cores);
 }
 
 Options ModelArgs::options() const {
@@ -48,12 +78,71 @@ Options ModelArgs::options() const {
   o.device = device == "cuda" ? Device::kCUDA : Device::kCPU;
   o.dtype = dtype == "bfloat16"  ? DType::kBFloat16
             : dtype == "float16" ? DType::kFloat16
+            : dtype == "auto"    ? DType::kAuto
                                  : DType::kFloat32;
   o.threads = threads;
   return o;
 }
 
-Model ModelArgs::load() const { return Model::load(path, options()); }
+namespace {
+
+/// How many times slower a ViT-S/14 MLP linear layer (256 tokens, 384 -> 1536) runs in bfloat16
+/// than in float32 on this CPU: the fastest of three runs of each, after one warm-up.
+double bfloat16_slowdown() {
+  const at::Tensor x = at::randn({256, 384});
+  const at::Tensor w = at::randn({1536, 384});
+  const auto fastest = [](const at::Tensor& a, const at::Tensor& b) {
+    c10::InferenceMode guard;
+    at::linear(a, b);
+    double best = 1e30;
+    for (int i = 0; i < 3; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      at::linear(a, b);
+      best = std::min(best,
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return best;
+  };
+  const double f32 = fastest(x, w);
+  const double bf16 = fastest(x.to(at::kBFloat16), w.to(at::kBFloat16));
+  return f32 > 0 ? bf16 / f32 : 1.0;
+}
+
+}  // namespace
+
+Model ModelArgs::load() const {
+  input_limits() = {max_pixels, max_file_mib << 20};
+  Model model = Model::load(path, options());
+  static bool warned = false;
+  const CpuInfo cpu = cpu_info();
+  if (!warned && model.dtype() == DType::kBFloat16 && model.options().device == Device::kCPU &&
+      !cpu.native_bfloat16) {
+    warned = true;
+    std::cerr << fmt::format(
+        "dinov2: warning: this CPU ({}, oneDNN {}) has no bfloat16 hardware (AVX512-BF16 or "
+        "AMX), so bfloat16 is emulated: a ViT-S/14 linear layer just ran {:.1f}x slower in "
+        "bfloat16 than in float32 here. --dtype float32 (exact) or --dtype auto is faster on "
+        "this machine.\n",
+        cpu.model, cpu.onednn_isa, bfloat16_slowdown());
+  }
+  return model;
+}
+
+std::string describe_model(const Model& model) {
+  return fmt::format("model {} ({} blocks) on {}, {}; fused kernels: {}", model.info().variant,
+                     model.info().depth, to_string(model.options().device), model.dtype_reason(),
+                     model.fusion_reason());
+}
+
+nlohmann::json runtime_metadata(const Model& model) {
+  return {{"cpu", nlohmann::json::parse(to_json(cpu_info()))},
+          {"libtorch", TORCH_VERSION},
+          {"compute_dtype", to_string(model.dtype())},
+          {"requested_dtype", to_string(model.options().dtype)},
+          {"dtype_reason", model.dtype_reason()},
+          {"fused_layers", model.fused_layers()},
+          {"fusion", model.fusion_reason()}};
+}
 
 Recipe parse_recipe(const std::string& name) {
   if (name == "square518") return Recipe::square(518);
@@ -68,6 +157,28 @@ Recipe parse_recipe(const std::string& name) {
                                  name),
                      ErrorCode::kInvalidArgument);
   }
+}
+
+void check_recipe(const Recipe& recipe, const Model& model) {
+  const int64_t bound = recipe.token_bound();
+  const int64_t limit = model.options().max_tokens;
+  if (bound > limit) {
+    throw InputError(fmt::format("dinov2: the recipe {} gives images up to {} patch tokens, over "
+                                 "the model's limit of {} (Options::max_tokens); choose a smaller "
+                                 "recipe",
+                                 recipe.to_string(), bound, limit),
+                     ErrorCode::kInvalidArgument);
+  }
+}
+
+void check_finite_rows(const at::Tensor& rows, int64_t first_row, const std::string& what) {
+  const at::Tensor bad = at::logical_not(at::isfinite(rows)).flatten(1).any(1);
+  if (!bad.any().item<bool>()) return;
+  const int64_t row = first_row + bad.nonzero()[0][0].item<int64_t>();
+  throw InputError(
+      fmt::format("dinov2: {} holds NaN or Inf in row {} ({} such rows here); "
+                  "re-extract those features",
+                  what, row, bad.sum().item<int64_t>()));
 }
 
 void add_image_inputs(CLI::App* app, std::vector<std::string>& inputs,
@@ -127,9 +238,15 @@ bool has_image_extension(const std::string& path) {
 
 namespace {
 
-void expand_path(const std::string& arg, std::vector<std::string>& out) {
+/// Walks folders, each real folder once (`walked` holds their canonical paths).
+void expand_path(const std::string& arg, std::vector<std::string>& out,
+                 std::set<fs::path>& walked) {
   std::error_code ec;
   if (fs::is_directory(arg, ec)) {
+    if (!walked.insert(fs::weakly_canonical(arg, ec)).second) {
+      std::cerr << fmt::format("dinov2: note: {} was walked already; not listed twice\n", arg);
+      return;
+    }
     const auto options = fs::directory_options::follow_directory_symlink |
                          fs::directory_options::skip_permission_denied;
     fs::recursive_directory_iterator it(arg, options, ec), end;
@@ -141,6 +258,19 @@ void expand_path(const std::string& arg, std::vector<std::string>& out) {
         throw InputError(fmt::format("dinov2: cannot list the folder {} ({})", arg, ec.message()));
       }
       std::error_code fec;
+      if (it->is_directory(fec)) {
+        const fs::path real = fs::canonical(it->path(), fec);
+        if (fec || !walked.insert(real).second) {
+          std::cerr << fmt::format(
+              "dinov2: note: not following {}: {}\n", it->path().string(),
+              fec ? fec.message()
+                  : fmt::format("it leads to {}, a folder already walked (a symbolic-link loop "
+                                "or a second way in)",
+                                real.string()));
+          it.disable_recursion_pending();
+        }
+        continue;
+      }
       if (it->is_regular_file(fec) && has_image_extension(it->path().string())) {
         out.push_back(it->path().lexically_normal().string());
       }
@@ -161,9 +291,18 @@ std::string trim(const std::string& s) {
 
 std::vector<std::string> collect_inputs(const std::vector<std::string>& args) {
   std::vector<std::string> out;
+  std::set<fs::path> walked;
   for (const auto& arg : args) {
     if (arg.size() > 1 && arg[0] == '@') {
       const std::string list = arg.substr(1);
+      std::error_code ec;
+      const auto status = fs::status(list, ec);
+      if (!ec && fs::exists(status) && !fs::is_regular_file(status)) {
+        throw InputError(
+            fmt::format("dinov2: the input list {} is not a regular file ({}); give "
+                        "a text file with one path per line",
+                        list, fs::is_directory(status) ? "a folder" : "a device, FIFO or socket"));
+      }
       std::ifstream in(list);
       if (!in) {
         throw InputError(
@@ -173,11 +312,11 @@ std::vector<std::string> collect_inputs(const std::vector<std::string>& args) {
       while (std::getline(in, line)) {
         line = trim(line);
         if (line.empty() || line[0] == '#') continue;
-        expand_path(line, out);
+        expand_path(line, out, walked);
       }
       continue;
     }
-    expand_path(arg, out);
+    expand_path(arg, out, walked);
   }
   std::sort(out.begin(), out.end());
   out.erase(std::unique(out.begin(), out.end()), out.end());
@@ -292,6 +431,80 @@ std::optional<std::string> png_problem(const std::string& b) {
   }
 }
 
+uint32_t le32(const std::string& b, size_t at) {
+  return uint32_t{static_cast<unsigned char>(b[at])} |
+         (uint32_t{static_cast<unsigned char>(b[at + 1])} << 8) |
+         (uint32_t{static_cast<unsigned char>(b[at + 2])} << 16) |
+         (uint32_t{static_cast<unsigned char>(b[at + 3])} << 24);
+}
+
+/// {width, height} from the header of a JPEG (its first frame marker), PNG (IHDR), BMP, WebP or
+/// TIFF (first image), without decoding; nullopt for another format or a header it cannot read
+/// (the decoder then decides, under OpenCV's own limit of 2^30 pixels).
+std::optional<std::pair<int64_t, int64_t>> header_size(const std::string& b) {
+  const size_t n = b.size();
+  auto u8 = [&](size_t i) { return static_cast<unsigned>(static_cast<unsigned char>(b[i])); };
+  auto be16 = [&](size_t i) { return (u8(i) << 8) | u8(i + 1); };
+  if (starts_with(b, "\x89PNG\r\n\x1A\n", 8) && n >= 24) return {{be32(b, 16), be32(b, 20)}};
+  if (starts_with(b, "\xFF\xD8", 2)) {
+    size_t pos = 2;
+    while (pos + 4 <= n) {
+      while (pos < n && u8(pos) != 0xFF) ++pos;
+      while (pos < n && u8(pos) == 0xFF) ++pos;
+      if (pos + 3 > n) break;
+      const unsigned marker = u8(pos++);
+      if (marker == 0xD9 || marker == 0xDA) break;
+      if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) continue;
+      const size_t len = be16(pos);
+      const bool frame =
+          marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+      if (frame && pos + 7 <= n) return {{be16(pos + 5), be16(pos + 3)}};
+      if (len < 2) break;
+      pos += len;
+    }
+    return std::nullopt;
+  }
+  if (starts_with(b, "BM", 2) && n >= 26) {
+    const auto w = static_cast<int32_t>(le32(b, 18));
+    const auto h = static_cast<int32_t>(le32(b, 22));
+    return {{std::abs(int64_t{w}), std::abs(int64_t{h})}};
+  }
+  if (starts_with(b, "RIFF", 4) && starts_with(b, "WEBP", 4, 8) && n >= 30) {
+    if (starts_with(b, "VP8X", 4, 12)) {
+      const int64_t w = 1 + (u8(24) | (u8(25) << 8) | (u8(26) << 16));
+      const int64_t h = 1 + (u8(27) | (u8(28) << 8) | (u8(29) << 16));
+      return {{w, h}};
+    }
+    if (starts_with(b, "VP8L", 4, 12) && n >= 25) {
+      const uint32_t bits = le32(b, 21);
+      return {{int64_t{(bits & 0x3FFF) + 1}, int64_t{((bits >> 14) & 0x3FFF) + 1}}};
+    }
+    if (starts_with(b, "VP8 ", 4, 12)) {
+      return {
+          {int64_t{(u8(26) | (u8(27) << 8)) & 0x3FFF}, int64_t{(u8(28) | (u8(29) << 8)) & 0x3FFF}}};
+    }
+    return std::nullopt;
+  }
+  const bool little = starts_with(b, "II*\0", 4);
+  if ((little || starts_with(b, "MM\0*", 4)) && n >= 8) {
+    auto r16 = [&](size_t i) { return little ? (u8(i) | (u8(i + 1) << 8)) : be16(i); };
+    auto r32 = [&](size_t i) { return little ? le32(b, i) : be32(b, i); };
+    const size_t ifd = r32(4);
+    if (ifd + 2 > n) return std::nullopt;
+    const size_t entries = r16(ifd);
+    int64_t w = -1, h = -1;
+    for (size_t e = 0; e < entries && ifd + 2 + 12 * (e + 1) <= n; ++e) {
+      const size_t at = ifd + 2 + 12 * e;
+      const unsigned tag = r16(at), type = r16(at + 2);
+      const int64_t value = type == 3 ? r16(at + 8) : r32(at + 8);
+      if (tag == 256) w = value;
+      if (tag == 257) h = value;
+    }
+    if (w >= 0 && h >= 0) return {{w, h}};
+  }
+  return std::nullopt;
+}
+
 std::string describe_start(const std::string& b) {
   const std::string head = b.substr(0, 16);
   const bool text = std::all_of(head.begin(), head.end(), [](char c) {
@@ -333,6 +546,23 @@ ImageFile read_image(const std::string& path, bool apply_exif_orientation) {
     result.error = "is a folder";
     return result;
   }
+  if (!fs::is_regular_file(status)) {
+    // Reading a FIFO blocks until a writer comes, a device such as /dev/zero never ends.
+    result.error = fmt::format("not a regular file (a {}); only files are read",
+                               fs::is_fifo(status)             ? "FIFO"
+                               : fs::is_socket(status)         ? "socket"
+                               : fs::is_character_file(status) ? "character device"
+                               : fs::is_block_file(status)     ? "block device"
+                                                               : "special file");
+    return result;
+  }
+  const InputLimits& limits = input_limits();
+  const auto file_bytes = static_cast<int64_t>(fs::file_size(path, ec));
+  if (!ec && file_bytes > limits.max_file_bytes) {
+    result.error = fmt::format("the file has {} bytes, over the limit of {} MiB (--max-file-size)",
+                               file_bytes, limits.max_file_bytes >> 20);
+    return result;
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     result.error = fmt::format("cannot open the file ({})", std::strerror(errno));
@@ -362,6 +592,16 @@ ImageFile read_image(const std::string& path, bool apply_exif_orientation) {
   if (problem) {
     result.error = *problem;
     return result;
+  }
+  if (const auto size = header_size(bytes)) {
+    const auto [w, h] = *size;
+    if (w * h > limits.max_pixels) {
+      result.error = fmt::format(
+          "the header says {}x{} pixels ({}), over the limit of {} (--max-pixels); "
+          "a decompression bomb, or an image to shrink first",
+          w, h, w * h, limits.max_pixels);
+      return result;
+    }
   }
 
   cv::Mat mat;

@@ -22,24 +22,58 @@
 
 namespace dinov2::cli {
 
-/// @brief The options that choose and place a model: --model, --device, --dtype, --threads.
+/// @brief The limits that keep a hostile or broken input from taking the machine: each is one
+/// number with a flag to raise it (docs/RELIABILITY.md). read_image and the input walk apply them.
+struct InputLimits {
+  /// Decoded image pixels, read from the file's header before decoding: Pillow's
+  /// decompression-bomb limit (--max-pixels).
+  int64_t max_pixels = 178956970;
+  /// Bytes of one image file, checked before reading it (--max-file-size, in MiB).
+  int64_t max_file_bytes = int64_t{1} << 30;
+};
+/// @brief The limits in force for this process (set by ModelArgs::load from the flags).
+InputLimits& input_limits();
+
+/// @brief The most --threads the tool takes: 4 per core this machine has. More only oversubscribes
+/// the cores, and tens of thousands make LibTorch's pool fail to start its threads.
+int max_threads();
+
+/// @brief The options that choose and place a model: --model, --device, --dtype, --threads, and
+/// the input limits --max-pixels and --max-file-size.
 struct ModelArgs {
   std::string path;
   std::string device = "cpu";
   std::string dtype = "float32";
   int threads = 0;
+  int64_t max_pixels = InputLimits{}.max_pixels;
+  int64_t max_file_mib = InputLimits{}.max_file_bytes >> 20;
 
   /// @brief Adds the four options to a subcommand (--model is required).
   void add_to(CLI::App* app);
   /// @brief The Options these arguments describe.
   Options options() const;
-  /// @brief Loads the model; throws dinov2::Error (ModelFileError, DeviceError).
+  /// @brief Loads the model; throws dinov2::Error (ModelFileError, DeviceError). Warns once on
+  /// stderr, with a measured slowdown, when bfloat16 runs on a CPU that emulates it.
   Model load() const;
 };
+
+/// @brief One line on the model's execution: variant, device, the compute dtype and why, and the
+/// fused kernels, for the start of a long run (after the CPU line of dinov2::cpu_info).
+std::string describe_model(const Model& model);
+/// @brief The same facts for output metadata: "cpu" (an object), "libtorch", "compute_dtype",
+/// "requested_dtype", "dtype_reason", "fused_layers", "fusion".
+nlohmann::json runtime_metadata(const Model& model);
 
 /// @brief The names --recipe accepts: square518, eval224, aligned, or any text Recipe::parse
 /// reads ("square(448)", "patch_aligned(1036,8192)", ...).
 Recipe parse_recipe(const std::string& name);
+/// @brief Throws InputError (kInvalidArgument) before any image is read when `recipe` can give an
+/// image more patch tokens than the model takes (Options::max_tokens), e.g. resize(14000,14000).
+void check_recipe(const Recipe& recipe, const Model& model);
+/// @brief Throws InputError naming the first row of `rows` ([N, ...]) that holds NaN or Inf,
+/// counted from `first_row`, in `what` (e.g. "the gallery g.safetensors"): such a row would give
+/// NaN scores that rank as nothing.
+void check_finite_rows(const at::Tensor& rows, int64_t first_row, const std::string& what);
 /// @brief Help text listing the recipe names.
 const char* recipe_help();
 
@@ -61,7 +95,9 @@ bool has_image_extension(const std::string& path);
 /// extension, `@FILE` reads one path per line (blank lines and lines starting with '#' skipped;
 /// relative paths are relative to the current folder, each line expanded like an argument).
 /// Paths that do not exist are kept, so that reading them fails with a reason like any other
-/// bad input. Throws InputError for an unreadable @list or folder.
+/// bad input. A walk enters each real folder once: a symbolic link back to a folder already
+/// walked (a loop, or a second way in) is reported on stderr and not followed. Throws
+/// InputError for an unreadable @list or folder, or an @list that is not a regular file.
 std::vector<std::string> collect_inputs(const std::vector<std::string>& args);
 
 /// @brief A decoded image (owning its pixels) or the reason it could not be read.

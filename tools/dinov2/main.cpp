@@ -2,6 +2,8 @@
 // Entry point of the `dinov2` tool: parses the command line with CLI11 and runs the chosen
 // subcommand, turning every dinov2::Error into a `dinov2: ...` message and an exit code.
 #include <c10/util/Exception.h>
+#include <fmt/format.h>
+#include <torch/version.h>
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -12,6 +14,7 @@
 
 #include "commands.hpp"
 #include "dinov2/error.hpp"
+#include "dinov2/runtime.hpp"
 #include "dinov2/version.hpp"
 
 namespace {
@@ -32,6 +35,9 @@ int run_command(const dinov2::cli::Command& command) {
   } catch (const std::exception& e) {
     std::cerr << "dinov2: unexpected error: " << e.what() << "\n";
     return kExitFailure;
+  } catch (...) {
+    std::cerr << "dinov2: unexpected error of an unknown type\n";
+    return kExitFailure;
   }
 }
 
@@ -40,7 +46,10 @@ int run_command(const dinov2::cli::Command& command) {
 int main(int argc, char** argv) {
   using namespace dinov2::cli;
   CLI::App app{"dinov2: DINOv2 features from the command line", "dinov2"};
-  app.set_version_flag("--version", std::string("dinov2 ") + dinov2::kVersion);
+  app.set_version_flag("--version", [] {
+    return fmt::format("dinov2 {} (LibTorch {})\nCPU: {}", dinov2::kVersion, TORCH_VERSION,
+                       dinov2::to_string(dinov2::cpu_info()));
+  });
   app.require_subcommand(1);
   app.failure_message([](const CLI::App* failed, const CLI::Error& e) {
     return "dinov2: " + CLI::FailureMessage::simple(failed, e);
