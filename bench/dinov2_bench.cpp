@@ -43,6 +43,7 @@
 #include "dinov2/model.hpp"
 #include "dinov2/opencv.hpp"
 #include "dinov2/preprocess.hpp"
+#include "dinov2/runtime.hpp"
 
 namespace {
 
@@ -128,6 +129,7 @@ dinov2::Options options_from(const Args& args) {
   const std::string dtype = args.get("dtype", "float32");
   if (dtype == "bfloat16") options.with_dtype(dinov2::DType::kBFloat16);
   if (dtype == "float16") options.with_dtype(dinov2::DType::kFloat16);
+  if (dtype == "auto") options.with_dtype(dinov2::DType::kAuto);
   const std::string device = args.get("device", "cpu");
   if (device == "cuda") {
     options.with_device(dinov2::Device::kCUDA, args.integer("device-index", 0));
@@ -210,7 +212,10 @@ int run_model(const Args& args) {
   std::cout << "{\"mode\": \"model\", \"device\": " << json_string(args.get("device", "cpu"))
             << ", \"input\": " << json_string(input)
             << ", \"gpu\": " << (gpu.empty() ? "null" : json_string(gpu))
-            << ", \"torch\": " << json_string(kTorchVersion) << ", \"min_cls_cosine\": " << cosine
+            << ", \"torch\": " << json_string(kTorchVersion)
+            << ", \"cpu\": " << json_string(dinov2::to_string(dinov2::cpu_info()))
+            << ", \"compute_dtype\": " << json_string(dinov2::to_string(model.dtype()))
+            << ", \"fused_layers\": " << model.fused_layers() << ", \"min_cls_cosine\": " << cosine
             << ", \"load_s\": " << load_s << ", \"median_s\": " << median(times)
             << ", \"times\": " << json_list(times)
             << ", \"images_per_s\": " << batch / median(times)

@@ -35,8 +35,16 @@ def macs(variant: str, size: int) -> float:
     return depth * (12 * n * d * d + 2 * n * n * d) + hw * d * 3 * 14 * 14
 
 
-def run_json(cmd: list[str]) -> dict:
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
+# The ISA runs of the dtype table: the machine as it is, and limited to AVX2 (most AMD servers
+# before Zen 4 and most laptops) through the two limits ATen and oneDNN honour.
+ISA_RUNS = {
+    "native": {},
+    "AVX2-limited": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+
+
+def run_json(cmd: list[str], extra_env: dict | None = None) -> dict:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", **(extra_env or {}))
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -80,6 +88,56 @@ def make_images(folder: Path, count: int) -> Path:
             im = ImageOps.mirror(im)
         im.save(folder / f"img{i:03d}.jpg", quality=90)
     return folder
+
+
+def library_cpu(cli_bin: Path, extra_env: dict | None = None) -> str:
+    """The CPU as the library sees it (`dinov2 --version`, second line), under extra_env."""
+    if not cli_bin.exists():
+        return "unknown (the dinov2 tool is not built)"
+    env = dict(os.environ, **(extra_env or {}))
+    cmd = [str(cli_bin), "--version"]
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
+    lines = out.stdout.strip().splitlines()
+    return lines[1].removeprefix("CPU: ") if len(lines) > 1 else "unknown"
+
+
+def dtype_table(bench_bin: Path, cli_bin: Path, work: Path, threads: str, quick: bool) -> str:
+    """float32, bfloat16 and auto per row, under each of ISA_RUNS: what DType::kAuto buys."""
+    cases = [("dinov2_vits14", 224, 8)]
+    if not quick:
+        cases += [("dinov2_vits14", 518, 1), ("dinov2_vitb14", 224, 8)]
+    header = (
+        "| ISA run | model, size, batch | float32 img/s | bfloat16 img/s | auto img/s (picks) "
+        "| bfloat16/float32 | auto/float32 | bfloat16 min CLS cosine |"
+    )
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    cpus = []
+    for isa, extra in ISA_RUNS.items():
+        cpus.append(f"- {isa}: {library_cpu(cli_bin, extra)}")
+        for variant, size, batch in cases:
+            model = export(variant, work)
+            iters = "2" if quick else ("3" if size == 518 else "4")
+            got = {}
+            for dtype in ("float32", "bfloat16", "auto"):
+                cmd = [str(bench_bin), "model", "--model", str(model), "--size", str(size)]
+                cmd += ["--batch", str(batch), "--iters", iters, "--warmup", "1"]
+                cmd += ["--threads", threads, "--dtype", dtype]
+                got[dtype] = run_json(cmd, extra)
+            f32 = got["float32"]["images_per_s"]
+            b16 = got["bfloat16"]["images_per_s"]
+            auto = got["auto"]["images_per_s"]
+            print(
+                f"  {isa} {variant} {size} b{batch}: float32 {f32:.2f}, bfloat16 {b16:.2f}, "
+                f"auto {auto:.2f} ({got['auto']['compute_dtype']})",
+                file=sys.stderr,
+                flush=True,
+            )
+            lines.append(
+                f"| {isa} | {variant.removeprefix('dinov2_')} {size} b{batch} | {f32:.2f} "
+                f"| {b16:.2f} | {auto:.2f} ({got['auto']['compute_dtype']}) | {b16 / f32:.2f}x "
+                f"| {auto / f32:.2f}x | {fmt(got['bfloat16'].get('min_cls_cosine'), '.5f')} |"
+            )
+    return "CPU as the library sees it, per run:\n" + "\n".join(cpus) + "\n\n" + "\n".join(lines)
 
 
 def machine() -> str:
@@ -341,7 +399,10 @@ def main() -> int:
             }
         )
 
+    log("dtype by ISA ...")
     table = render(rows, peak, a.threads)
+    table += "\n\nCompute dtype by ISA (C++ library, `--dtype`):\n\n"
+    table += dtype_table(bench_bin, cli_bin, work, t, a.quick)
     print(table)
     if not a.no_record:
         record(table, rows)
@@ -384,9 +445,11 @@ def record(table: str, rows: list[dict]) -> None:
         doc.write_text("# Benchmarks\n\nProduced by `bench/run.sh`; each run appends a section.\n")
     command = "bench/run.sh " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cpu = library_cpu(ROOT / "build" / "bin" / "dinov2")
     with doc.open("a") as f:
         f.write(
-            f"\n## {stamp}\n\nMachine: {machine()}\n\nCommand: `{command.strip()}`\n\n{table}\n"
+            f"\n## {stamp}\n\nMachine: {machine()}\n\nCPU as the library sees it: {cpu}\n\n"
+            f"Command: `{command.strip()}`\n\n{table}\n"
         )
     chart(rows, ROOT / "docs" / "benchmarks.png")
 
