@@ -33,6 +33,15 @@ def random_weights(model: str, depth: int | None = None, seed: int = 0) -> Loade
     return load_weights("random", model, seed=seed, depth=depth)
 
 
+@pytest.fixture(scope="session")
+def s2_model(tmp_path_factory) -> Path:
+    """A 2-block ViT-S/14 (no registers) with random weights (seed 0), exported: real shapes,
+    fast. Shared by the tool's end-to-end tests."""
+    path = tmp_path_factory.mktemp("model") / "s2.pt"
+    export(random_weights("dinov2_vits14", depth=2), path)
+    return path
+
+
 def export_and_load(w: LoadedWeights, path: Path) -> torch.jit.ScriptModule:
     export(w, path)
     return torch.jit.load(str(path), map_location="cpu")

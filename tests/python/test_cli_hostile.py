@@ -63,13 +63,9 @@ def bomb_rss(*args) -> tuple[subprocess.CompletedProcess, float]:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    from dinov2_export.export import export
-    from dinov2_export.weights import load_weights
-
-    path = tmp_path_factory.mktemp("model") / "s2.pt"
-    export(load_weights("random", "dinov2_vits14", seed=0, depth=2), path)
-    return path
+def model(s2_model) -> Path:
+    """A 2-block ViT-S/14 with random weights (conftest.py)."""
+    return s2_model
 
 
 @pytest.fixture(scope="module")
