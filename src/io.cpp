@@ -567,7 +567,7 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : impl_(std::make_
     try {
       e.dtype = scalar_type_from_safetensors(v["dtype"].get<std::string>());
     } catch (const InputError& err) {
-      fail(std::string(err.what()).substr(8));  // without the "dinov2: " prefix
+      fail(err.message());
     }
     for (const auto& d : v["shape"]) {
       if (!d.is_number_unsigned() || d.get<uint64_t>() > uint64_t{1} << 62) {

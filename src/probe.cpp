@@ -193,10 +193,7 @@ LinearProbe LinearProbe::load(const std::string& path) {
   try {
     file = load_safetensors(path);
   } catch (const Error& e) {
-    throw ModelFileError(std::string("dinov2: cannot read the probe file: ") +
-                         (std::string(e.what()).rfind("dinov2: ", 0) == 0
-                              ? std::string(e.what()).substr(8)
-                              : std::string(e.what())));
+    throw ModelFileError("dinov2: cannot read the probe file: " + e.message());
   }
   const auto& meta = file.metadata;
   auto format = meta.find("format");

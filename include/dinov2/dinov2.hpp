@@ -11,6 +11,7 @@
 #include "dinov2/error.hpp"
 #include "dinov2/features.hpp"
 #include "dinov2/heads.hpp"
+#include "dinov2/image.hpp"
 #include "dinov2/io.hpp"
 #include "dinov2/model.hpp"
 #include "dinov2/opencv.hpp"

@@ -26,6 +26,9 @@ class Error : public std::runtime_error {
   Error(ErrorCode code, const std::string& message);
   /// @brief The category of the failure.
   ErrorCode code() const noexcept { return code_; }
+  /// @brief The message without its "dinov2: " prefix, to follow another message's context,
+  /// e.g. "dinov2: skipped cat.jpg: " + e.message().
+  std::string message() const;
 
  private:
   ErrorCode code_;

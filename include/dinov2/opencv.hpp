@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
-/// @brief OpenCV adapters: a cv::Mat as an ImageView for the Preprocessor, image files read with
-/// OpenCV, and resized tensors back to cv::Mat for drawing.
+/// @brief OpenCV adapters: a cv::Mat as an ImageView for the Preprocessor, image files and
+/// encoded bytes decoded with OpenCV under ImageLimits (dinov2/image.hpp), and resized tensors
+/// back to cv::Mat for drawing.
 ///
 /// The only dinov2 header that includes OpenCV. Every function converts cv::Exception into
-/// dinov2::InputError; none lets an OpenCV exception escape.
+/// dinov2::InputError (or, for try_load_image and try_decode_image, into the reason they return);
+/// none lets an OpenCV exception escape.
 ///
 /// @code
 /// cv::Mat photo = dinov2::load_image("cat.jpg");          // 8-bit BGR
@@ -21,11 +23,12 @@
 
 #include <cmath>
 #include <cstdint>
-#include <fstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "dinov2/error.hpp"
+#include "dinov2/image.hpp"
 #include "dinov2/preprocess.hpp"
 
 namespace dinov2 {
@@ -119,39 +122,64 @@ inline std::vector<ImageView> image_views(const std::vector<cv::Mat>& images,
     try {
       views.push_back(image_view(images[i], order));
     } catch (const InputError& e) {
-      const std::string what = e.what();
-      throw InputError("dinov2: image " + std::to_string(i) + ": " +
-                       what.substr(what.rfind("dinov2: ", 0) == 0 ? 8 : 0));
+      throw InputError("dinov2: image " + std::to_string(i) + ": " + e.message());
     }
   }
   return views;
 }
 
-/// @brief Reads an image file with cv::imread as 8-bit BGR (cv::IMREAD_COLOR): gray images are
-/// replicated to 3 channels, alpha is dropped, 16-bit images are reduced to 8 bits by OpenCV.
+/// @brief A decoded image, owning its pixels, or the reason it could not be read.
+struct DecodedImage {
+  cv::Mat image;      ///< CV_8UC3, BGR (as load_image returns); empty when error is set
+  std::string error;  ///< why it failed, without a "dinov2: " prefix; empty on success
+
+  /// @brief Whether the image was decoded.
+  bool ok() const { return error.empty(); }
+};
+
+/// @brief Decodes an encoded image (the bytes of a JPEG, PNG, BMP, TIFF, WebP or other file
+/// OpenCV reads) with cv::imdecode as 8-bit BGR (cv::IMREAD_COLOR): gray is replicated to 3
+/// channels, alpha dropped, 16-bit samples reduced to 8 bits by OpenCV.
+///
+/// Before decoding, data over limits.max_file_bytes is refused, JPEG and PNG data are walked to
+/// their end marker (the decoders accept a truncated file with only a warning and grey or missing
+/// rows), and the size in the header (image_header_size) is checked against limits.max_pixels,
+/// so that a small file claiming a huge image costs no memory; formats without a header check
+/// are held to max_pixels after decoding. Never throws for bad data: empty, too large, truncated,
+/// corrupt or not an image gives a DecodedImage whose error says why; std::bad_alloc and OpenCV
+/// exceptions become the reason too. The first call silences OpenCV's log messages
+/// (cv::utils::logging) unless OPENCV_LOG_LEVEL is set, since every failure is reported here
+/// (OpenCV 4.6 still prints some decoder failures to stderr itself). Thread-safe.
+/// @param apply_exif_orientation rotate as the EXIF orientation says (OpenCV's default); false
+/// keeps the stored pixel order, as PIL's Image.open does.
+DecodedImage try_decode_image(std::string_view bytes, const ImageLimits& limits = {},
+                              bool apply_exif_orientation = true);
+
+/// @brief Reads an image file and decodes it as try_decode_image does. Only regular files are
+/// read (a FIFO would block, a device such as /dev/zero never ends: refused with their kind), and
+/// a file over limits.max_file_bytes is refused before it is read. Never throws for a bad file:
+/// missing, a folder, unreadable, empty or undecodable gives a DecodedImage with the reason.
+DecodedImage try_load_image(const std::string& path, const ImageLimits& limits = {},
+                            bool apply_exif_orientation = true);
+
+/// @brief try_decode_image, throwing instead.
+/// @return CV_8UC3, BGR. Throws InputError "dinov2: cannot decode the image data: REASON".
+cv::Mat decode_image(std::string_view bytes, const ImageLimits& limits = {},
+                     bool apply_exif_orientation = true);
+
+/// @brief Reads an image file as 8-bit BGR under the default ImageLimits (try_load_image,
+/// throwing instead): gray images are replicated to 3 channels, alpha is dropped, 16-bit images
+/// are reduced to 8 bits by OpenCV.
 /// @param apply_exif_orientation rotate as the file's EXIF orientation says (OpenCV's default);
 /// false keeps the stored pixel order, as PIL's Image.open does.
-/// @return CV_8UC3, BGR. Throws InputError naming the file when it is missing, unreadable or not
-/// an image that OpenCV can decode.
-inline cv::Mat load_image(const std::string& path, bool apply_exif_orientation = true) {
-  if (!std::ifstream(path, std::ios::binary).good()) {
-    throw InputError("dinov2: cannot open the image file '" + path +
-                     "': it does not exist or is not readable");
-  }
-  cv::Mat image;
-  const int flags = cv::IMREAD_COLOR | (apply_exif_orientation ? 0 : cv::IMREAD_IGNORE_ORIENTATION);
-  try {
-    image = cv::imread(path, flags);
-  } catch (const cv::Exception& e) {
-    throw InputError("dinov2: OpenCV failed to decode the image file '" + path + "': " + e.what());
-  }
-  if (image.empty()) {
-    throw InputError("dinov2: cannot decode the image file '" + path +
-                     "': it is not an image format this OpenCV build reads (e.g. JPEG, PNG, "
-                     "BMP, TIFF, WebP) or the file is damaged");
-  }
-  return image;
-}
+/// @return CV_8UC3, BGR. Throws InputError "dinov2: cannot read the image file 'PATH': REASON"
+/// when the file is missing, not a regular file, unreadable, over a limit, truncated, corrupt or
+/// not an image that OpenCV can decode.
+cv::Mat load_image(const std::string& path, bool apply_exif_orientation = true);
+
+/// @brief load_image under the given limits.
+cv::Mat load_image(const std::string& path, const ImageLimits& limits,
+                   bool apply_exif_orientation = true);
 
 /// @brief A copy of an [H, W, 3] RGB image tensor (e.g. Preprocessor::resized()) as a CV_8UC3
 /// BGR cv::Mat for cv::imwrite or drawing. Float tensors are read as [0, 1] and rounded to 8 bits

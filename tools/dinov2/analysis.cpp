@@ -21,14 +21,6 @@ namespace dinov2::cli {
 
 namespace fs = std::filesystem;
 
-namespace {
-/// A library message without its "dinov2: " prefix, to follow "dinov2: skipped PATH: ".
-std::string reason(const std::exception& e) {
-  const std::string what = e.what();
-  return what.rfind("dinov2: ", 0) == 0 ? what.substr(8) : what;
-}
-}  // namespace
-
 Preprocessor model_preprocessor(const Model& model, const Recipe& recipe) {
   check_recipe(recipe, model);
   const auto& info = model.info();
@@ -44,11 +36,11 @@ std::optional<InputImage> read_input(const std::string& path, const Preprocessor
   }
   InputImage image;
   image.path = path;
-  image.bgr = file.mat;
+  image.bgr = file.image;
   try {
     image.batch = pre(image_view(image.bgr));
   } catch (const InputError& e) {
-    std::cerr << fmt::format("dinov2: skipped {}: {}\n", path, reason(e));
+    std::cerr << fmt::format("dinov2: skipped {}: {}\n", path, e.message());
     return std::nullopt;
   }
   return image;
@@ -87,9 +79,9 @@ Embeddings embed_images(const Model& model, const Preprocessor& pre,
     std::string error = file.error;
     if (file.ok()) {
       try {
-        b = pre(image_view(file.mat));
+        b = pre(image_view(file.image));
       } catch (const InputError& e) {
-        error = reason(e);
+        error = e.message();
       }
     }
     if (!b) {

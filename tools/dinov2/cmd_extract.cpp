@@ -92,10 +92,6 @@ struct Row {
   at::Tensor patch;      // [h, w, D] in the patch dtype; undefined with --no-patches
 };
 
-std::string strip_prefix(const std::string& message) {
-  return message.rfind("dinov2: ", 0) == 0 ? message.substr(8) : message;
-}
-
 at::ScalarType scalar_type_of(const std::string& name) {
   if (name == "float16") return at::kHalf;
   if (name == "bfloat16") return at::kBFloat16;
@@ -136,9 +132,9 @@ LoadedChunk load_chunk(const std::vector<Item>& items, const Preprocessor& prepr
       continue;
     }
     try {
-      chunk.images.push_back({item, preprocessor(image_view(file.mat))});
+      chunk.images.push_back({item, preprocessor(image_view(file.image))});
     } catch (const Error& e) {
-      chunk.failures.push_back({item.index, item.path, strip_prefix(e.what())});
+      chunk.failures.push_back({item.index, item.path, e.message()});
     }
   }
   return chunk;

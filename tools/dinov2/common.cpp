@@ -6,8 +6,6 @@
 #include <fmt/format.h>
 #include <torch/version.h>
 #include <unistd.h>
-#include <opencv2/core/utils/logger.hpp>
-#include <opencv2/imgcodecs.hpp>
 
 #include <algorithm>
 #include <cctype>
@@ -19,8 +17,8 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
-#include <optional>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "dinov2/error.hpp"
@@ -63,8 +61,8 @@ void ModelArgs::add_to(CLI::App* app) {
       ->capture_default_str();
 }
 
-InputLimits& input_limits() {
-  static InputLimits limits;
+ImageLimits& input_limits() {
+  static ImageLimits limits;
   return limits;
 }
 
@@ -111,7 +109,8 @@ double bfloat16_slowdown() {
 }  // namespace
 
 Model ModelArgs::load() const {
-  input_limits() = {max_pixels, max_file_mib << 20};
+  input_limits() =
+      ImageLimits{}.with_max_pixels(max_pixels).with_max_file_bytes(max_file_mib << 20);
   Model model = Model::load(path, options());
   static bool warned = false;
   const CpuInfo cpu = cpu_info();
@@ -289,6 +288,17 @@ std::string trim(const std::string& s) {
 
 }  // namespace
 
+std::vector<std::string> list_lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    line = trim(line);
+    if (!line.empty() && line[0] != '#') lines.push_back(std::move(line));
+  }
+  return lines;
+}
+
 std::vector<std::string> collect_inputs(const std::vector<std::string>& args) {
   std::vector<std::string> out;
   std::set<fs::path> walked;
@@ -308,12 +318,9 @@ std::vector<std::string> collect_inputs(const std::vector<std::string>& args) {
         throw InputError(
             fmt::format("dinov2: cannot read the input list {} ({})", list, std::strerror(errno)));
       }
-      std::string line;
-      while (std::getline(in, line)) {
-        line = trim(line);
-        if (line.empty() || line[0] == '#') continue;
-        expand_path(line, out, walked);
-      }
+      const std::string text((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
+      for (const auto& line : list_lines(text)) expand_path(line, out, walked);
       continue;
     }
     expand_path(arg, out, walked);
@@ -326,302 +333,8 @@ std::vector<std::string> collect_inputs(const std::vector<std::string>& args) {
 // ---------------------------------------------------------------------------------------------
 // Images
 
-namespace {
-
-bool starts_with(const std::string& b, const char* magic, size_t n, size_t at = 0) {
-  return b.size() >= at + n && std::memcmp(b.data() + at, magic, n) == 0;
-}
-
-uint32_t be32(const std::string& b, size_t at) {
-  return (uint32_t{static_cast<unsigned char>(b[at])} << 24) |
-         (uint32_t{static_cast<unsigned char>(b[at + 1])} << 16) |
-         (uint32_t{static_cast<unsigned char>(b[at + 2])} << 8) |
-         uint32_t{static_cast<unsigned char>(b[at + 3])};
-}
-
-// Walks the marker segments of a JPEG up to its end-of-image marker. libjpeg only warns about a
-// file that ends early (and fills the rest of the picture with grey), so a truncated download
-// would otherwise pass as an image. What libjpeg itself treats as fatal (an unknown marker, a
-// segment length below 2, a second start-of-image) is reported here with its position; what it
-// only warns about (stray bytes between segments, damaged entropy-coded data) is left to it, as
-// PIL and OpenCV accept such files.
-std::optional<std::string> jpeg_problem(const std::string& b) {
-  const size_t n = b.size();
-  auto at = [&](size_t i) { return static_cast<unsigned char>(b[i]); };
-  const std::string truncated = fmt::format(
-      "truncated JPEG: the data ends after {} bytes, before the end-of-image marker", n);
-  size_t pos = 2;
-  while (true) {
-    if (pos >= n) return truncated;
-    if (pos == 2 && at(pos) != 0xFF) {
-      return fmt::format("corrupt JPEG: no marker after the start-of-image marker (found 0x{:02X})",
-                         at(pos));
-    }
-    // Stray bytes before a marker: libjpeg (and so OpenCV and PIL) skips them with a warning.
-    while (pos < n && at(pos) != 0xFF) ++pos;
-    if (pos >= n) return truncated;
-    while (pos < n && at(pos) == 0xFF) ++pos;  // fill bytes
-    if (pos >= n) return truncated;
-    const unsigned marker = at(pos++);
-    if (marker == 0xD9) return std::nullopt;
-    if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) continue;  // no payload
-    if (marker == 0x00) {
-      return fmt::format("corrupt JPEG: damaged compressed data near byte {}", pos - 2);
-    }
-    if (marker < 0xC0 || marker == 0xD8) {
-      return fmt::format("corrupt JPEG: invalid marker 0xFF{:02X} at byte {}", marker, pos - 2);
-    }
-    if (pos + 2 > n) return truncated;
-    const size_t len = (size_t{at(pos)} << 8) | at(pos + 1);
-    if (len < 2) {
-      return fmt::format("corrupt JPEG: segment 0xFF{:02X} at byte {} has length {}", marker,
-                         pos - 2, len);
-    }
-    if (pos + len > n) return truncated;
-    pos += len;
-    if (marker == 0xDA) {
-      // Entropy-coded data: runs until a marker other than a stuffed 0xFF00 or a restart.
-      while (true) {
-        if (pos + 1 >= n) return truncated;
-        if (at(pos) != 0xFF) {
-          ++pos;
-          continue;
-        }
-        const unsigned next = at(pos + 1);
-        if (next == 0x00 || (next >= 0xD0 && next <= 0xD7)) {
-          pos += 2;
-        } else if (next == 0xFF) {
-          ++pos;
-        } else {
-          break;
-        }
-      }
-    }
-  }
-}
-
-// Walks the chunks of a PNG up to IEND (libpng reports truncation too, but without saying so).
-std::optional<std::string> png_problem(const std::string& b) {
-  const size_t n = b.size();
-  size_t pos = 8;
-  std::string last = "the signature";
-  while (true) {
-    if (pos + 8 > n) {
-      return fmt::format(
-          "truncated PNG: the data ends after {} bytes, after {}, before the IEND "
-          "chunk",
-          n, last);
-    }
-    const uint32_t len = be32(b, pos);
-    const std::string type = b.substr(pos + 4, 4);
-    if (len > 0x7FFFFFFFu || !std::all_of(type.begin(), type.end(), [](char c) {
-          return std::isalpha(static_cast<unsigned char>(c));
-        })) {
-      return fmt::format("corrupt PNG: invalid chunk header at byte {}", pos);
-    }
-    if (pos + 12 + size_t{len} > n) {
-      return fmt::format(
-          "truncated PNG: the data ends after {} bytes, inside chunk '{}' at byte "
-          "{}",
-          n, type, pos);
-    }
-    if (type == "IEND") return std::nullopt;
-    last = fmt::format("chunk '{}'", type);
-    pos += 12 + size_t{len};
-  }
-}
-
-uint32_t le32(const std::string& b, size_t at) {
-  return uint32_t{static_cast<unsigned char>(b[at])} |
-         (uint32_t{static_cast<unsigned char>(b[at + 1])} << 8) |
-         (uint32_t{static_cast<unsigned char>(b[at + 2])} << 16) |
-         (uint32_t{static_cast<unsigned char>(b[at + 3])} << 24);
-}
-
-/// {width, height} from the header of a JPEG (its first frame marker), PNG (IHDR), BMP, WebP or
-/// TIFF (first image), without decoding; nullopt for another format or a header it cannot read
-/// (the decoder then decides, under OpenCV's own limit of 2^30 pixels).
-std::optional<std::pair<int64_t, int64_t>> header_size(const std::string& b) {
-  const size_t n = b.size();
-  auto u8 = [&](size_t i) { return static_cast<unsigned>(static_cast<unsigned char>(b[i])); };
-  auto be16 = [&](size_t i) { return (u8(i) << 8) | u8(i + 1); };
-  if (starts_with(b, "\x89PNG\r\n\x1A\n", 8) && n >= 24) return {{be32(b, 16), be32(b, 20)}};
-  if (starts_with(b, "\xFF\xD8", 2)) {
-    size_t pos = 2;
-    while (pos + 4 <= n) {
-      while (pos < n && u8(pos) != 0xFF) ++pos;
-      while (pos < n && u8(pos) == 0xFF) ++pos;
-      if (pos + 3 > n) break;
-      const unsigned marker = u8(pos++);
-      if (marker == 0xD9 || marker == 0xDA) break;
-      if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) continue;
-      const size_t len = be16(pos);
-      const bool frame =
-          marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
-      if (frame && pos + 7 <= n) return {{be16(pos + 5), be16(pos + 3)}};
-      if (len < 2) break;
-      pos += len;
-    }
-    return std::nullopt;
-  }
-  if (starts_with(b, "BM", 2) && n >= 26) {
-    const auto w = static_cast<int32_t>(le32(b, 18));
-    const auto h = static_cast<int32_t>(le32(b, 22));
-    return {{std::abs(int64_t{w}), std::abs(int64_t{h})}};
-  }
-  if (starts_with(b, "RIFF", 4) && starts_with(b, "WEBP", 4, 8) && n >= 30) {
-    if (starts_with(b, "VP8X", 4, 12)) {
-      const int64_t w = 1 + (u8(24) | (u8(25) << 8) | (u8(26) << 16));
-      const int64_t h = 1 + (u8(27) | (u8(28) << 8) | (u8(29) << 16));
-      return {{w, h}};
-    }
-    if (starts_with(b, "VP8L", 4, 12) && n >= 25) {
-      const uint32_t bits = le32(b, 21);
-      return {{int64_t{(bits & 0x3FFF) + 1}, int64_t{((bits >> 14) & 0x3FFF) + 1}}};
-    }
-    if (starts_with(b, "VP8 ", 4, 12)) {
-      return {
-          {int64_t{(u8(26) | (u8(27) << 8)) & 0x3FFF}, int64_t{(u8(28) | (u8(29) << 8)) & 0x3FFF}}};
-    }
-    return std::nullopt;
-  }
-  const bool little = starts_with(b, "II*\0", 4);
-  if ((little || starts_with(b, "MM\0*", 4)) && n >= 8) {
-    auto r16 = [&](size_t i) { return little ? (u8(i) | (u8(i + 1) << 8)) : be16(i); };
-    auto r32 = [&](size_t i) { return little ? le32(b, i) : be32(b, i); };
-    const size_t ifd = r32(4);
-    if (ifd + 2 > n) return std::nullopt;
-    const size_t entries = r16(ifd);
-    int64_t w = -1, h = -1;
-    for (size_t e = 0; e < entries && ifd + 2 + 12 * (e + 1) <= n; ++e) {
-      const size_t at = ifd + 2 + 12 * e;
-      const unsigned tag = r16(at), type = r16(at + 2);
-      const int64_t value = type == 3 ? r16(at + 8) : r32(at + 8);
-      if (tag == 256) w = value;
-      if (tag == 257) h = value;
-    }
-    if (w >= 0 && h >= 0) return {{w, h}};
-  }
-  return std::nullopt;
-}
-
-std::string describe_start(const std::string& b) {
-  const std::string head = b.substr(0, 16);
-  const bool text = std::all_of(head.begin(), head.end(), [](char c) {
-    const auto u = static_cast<unsigned char>(c);
-    return std::isprint(u) || std::isspace(u) || u >= 0x80;
-  });
-  if (text) {
-    std::string shown;
-    for (char c : head) shown.push_back(std::isprint(static_cast<unsigned char>(c)) ? c : ' ');
-    return fmt::format("it looks like text: \"{}\"", trim(shown));
-  }
-  std::string hex;
-  for (size_t i = 0; i < std::min<size_t>(8, b.size()); ++i) {
-    hex += fmt::format("{:02X} ", static_cast<unsigned char>(b[i]));
-  }
-  return fmt::format("it starts with bytes {}", trim(hex));
-}
-
-void silence_opencv() {
-  static const bool done = [] {
-    cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_SILENT);
-    return true;
-  }();
-  (void)done;
-}
-
-}  // namespace
-
 ImageFile read_image(const std::string& path, bool apply_exif_orientation) {
-  silence_opencv();
-  ImageFile result;
-  std::error_code ec;
-  const auto status = fs::status(path, ec);
-  if (ec || !fs::exists(status)) {
-    result.error = "no such file";
-    return result;
-  }
-  if (fs::is_directory(status)) {
-    result.error = "is a folder";
-    return result;
-  }
-  if (!fs::is_regular_file(status)) {
-    // Reading a FIFO blocks until a writer comes, a device such as /dev/zero never ends.
-    result.error = fmt::format("not a regular file (a {}); only files are read",
-                               fs::is_fifo(status)             ? "FIFO"
-                               : fs::is_socket(status)         ? "socket"
-                               : fs::is_character_file(status) ? "character device"
-                               : fs::is_block_file(status)     ? "block device"
-                                                               : "special file");
-    return result;
-  }
-  const InputLimits& limits = input_limits();
-  const auto file_bytes = static_cast<int64_t>(fs::file_size(path, ec));
-  if (!ec && file_bytes > limits.max_file_bytes) {
-    result.error = fmt::format("the file has {} bytes, over the limit of {} MiB (--max-file-size)",
-                               file_bytes, limits.max_file_bytes >> 20);
-    return result;
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    result.error = fmt::format("cannot open the file ({})", std::strerror(errno));
-    return result;
-  }
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) {
-    result.error = fmt::format("cannot read the file ({})", std::strerror(errno));
-    return result;
-  }
-  if (bytes.empty()) {
-    result.error = "empty file (0 bytes)";
-    return result;
-  }
-
-  std::optional<std::string> problem;
-  bool known = true;
-  if (starts_with(bytes, "\xFF\xD8", 2)) {
-    problem = jpeg_problem(bytes);
-  } else if (starts_with(bytes, "\x89PNG\r\n\x1A\n", 8)) {
-    problem = png_problem(bytes);
-  } else if (!(starts_with(bytes, "BM", 2) || starts_with(bytes, "II*\0", 4) ||
-               starts_with(bytes, "MM\0*", 4) ||
-               (starts_with(bytes, "RIFF", 4) && starts_with(bytes, "WEBP", 4, 8)))) {
-    known = false;  // maybe another format OpenCV reads (PPM, JPEG 2000, ...): let it try
-  }
-  if (problem) {
-    result.error = *problem;
-    return result;
-  }
-  if (const auto size = header_size(bytes)) {
-    const auto [w, h] = *size;
-    if (w * h > limits.max_pixels) {
-      result.error = fmt::format(
-          "the header says {}x{} pixels ({}), over the limit of {} (--max-pixels); "
-          "a decompression bomb, or an image to shrink first",
-          w, h, w * h, limits.max_pixels);
-      return result;
-    }
-  }
-
-  cv::Mat mat;
-  try {
-    const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8U, bytes.data());
-    // The flags of dinov2::load_image, so that the tool and the library see the same pixels.
-    mat = cv::imdecode(
-        buffer, cv::IMREAD_COLOR | (apply_exif_orientation ? 0 : cv::IMREAD_IGNORE_ORIENTATION));
-  } catch (const cv::Exception& e) {
-    result.error = fmt::format("cannot decode the image ({})", e.err);
-    return result;
-  }
-  if (mat.empty()) {
-    result.error =
-        known ? "corrupt image data: the decoder rejected it"
-              : fmt::format("not an image in a supported format ({})", describe_start(bytes));
-    return result;
-  }
-  result.mat = std::move(mat);
-  return result;
+  return try_load_image(path, input_limits(), apply_exif_orientation);
 }
 
 std::string dump_json(const nlohmann::json& value, int indent) {

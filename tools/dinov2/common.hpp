@@ -16,23 +16,17 @@
 #include <string>
 #include <vector>
 
+#include "dinov2/image.hpp"
 #include "dinov2/model.hpp"
+#include "dinov2/opencv.hpp"
 #include "dinov2/options.hpp"
 #include "dinov2/preprocess.hpp"
 
 namespace dinov2::cli {
 
-/// @brief The limits that keep a hostile or broken input from taking the machine: each is one
-/// number with a flag to raise it (docs/RELIABILITY.md). read_image and the input walk apply them.
-struct InputLimits {
-  /// Decoded image pixels, read from the file's header before decoding: Pillow's
-  /// decompression-bomb limit (--max-pixels).
-  int64_t max_pixels = 178956970;
-  /// Bytes of one image file, checked before reading it (--max-file-size, in MiB).
-  int64_t max_file_bytes = int64_t{1} << 30;
-};
-/// @brief The limits in force for this process (set by ModelArgs::load from the flags).
-InputLimits& input_limits();
+/// @brief The image limits in force for this process, which read_image applies: the library's
+/// defaults, or --max-pixels and --max-file-size (set by ModelArgs::load; docs/RELIABILITY.md).
+ImageLimits& input_limits();
 
 /// @brief The most --threads the tool takes: 4 per core this machine has. More only oversubscribes
 /// the cores, and tens of thousands make LibTorch's pool fail to start its threads.
@@ -45,8 +39,8 @@ struct ModelArgs {
   std::string device = "cpu";
   std::string dtype = "float32";
   int threads = 0;
-  int64_t max_pixels = InputLimits{}.max_pixels;
-  int64_t max_file_mib = InputLimits{}.max_file_bytes >> 20;
+  int64_t max_pixels = ImageLimits{}.max_pixels;
+  int64_t max_file_mib = ImageLimits{}.max_file_bytes >> 20;
 
   /// @brief Adds the four options to a subcommand (--model is required).
   void add_to(CLI::App* app);
@@ -90,6 +84,10 @@ void add_head_file(CLI::App* app, std::string& head, const std::string& help,
 /// case-insensitive). Used when walking folders.
 bool has_image_extension(const std::string& path);
 
+/// @brief The paths of an @list's text: one a line, trimmed; blank lines and lines starting with
+/// '#' skipped.
+std::vector<std::string> list_lines(const std::string& text);
+
 /// @brief Expands command-line inputs into a sorted list of unique image paths: a file is taken
 /// as it is (whatever its extension), a folder is walked recursively for files with an image
 /// extension, `@FILE` reads one path per line (blank lines and lines starting with '#' skipped;
@@ -101,18 +99,10 @@ bool has_image_extension(const std::string& path);
 std::vector<std::string> collect_inputs(const std::vector<std::string>& args);
 
 /// @brief A decoded image (owning its pixels) or the reason it could not be read.
-struct ImageFile {
-  cv::Mat mat;        ///< CV_8UC3, BGR, as dinov2::load_image returns
-  std::string error;  ///< why it failed; empty on success
+using ImageFile = DecodedImage;
 
-  bool ok() const { return error.empty(); }
-};
-
-/// @brief Reads and decodes an image file as dinov2::load_image does (8-bit BGR; gray replicated,
-/// alpha dropped, EXIF orientation applied unless told otherwise), but never throws for a bad
-/// file: an empty, unreadable, truncated or corrupt file, or one that is not an image, gives an
-/// ImageFile with the reason. JPEG and PNG files are walked up to their end marker first, since
-/// the decoders accept a truncated file with only a warning.
+/// @brief dinov2::try_load_image under input_limits(): never throws for a bad file, gives the
+/// reason instead.
 ImageFile read_image(const std::string& path, bool apply_exif_orientation = true);
 
 /// @brief Serialises JSON for output (compact when indent < 0); bytes that are not UTF-8
