@@ -7,6 +7,8 @@
 #include <c10/util/Exception.h>
 #include <opencv2/core.hpp>
 
+#include <exception>
+#include <new>
 #include <sstream>
 #include <string>
 
@@ -40,20 +42,43 @@ inline std::string torch_message(const c10::Error& e) {
   return eol == std::string::npos ? msg : msg.substr(0, eol);
 }
 
-/// Runs `f`, turning LibTorch and OpenCV exceptions into dinov2::Error naming `what`;
-/// dinov2 errors pass through.
+/// Runs `f`, turning every exception but dinov2's own into dinov2::Error naming `what`:
+/// LibTorch's and OpenCV's, std::bad_alloc, and any other std::exception (TorchScript's
+/// ErrorReport and JITException, the standard library's).
 template <class F>
 auto guarded(const char* what, F&& f) -> decltype(f()) {
   try {
     return f();
   } catch (const Error&) {
     throw;
+  } catch (const std::bad_alloc&) {
+    throw Error(ErrorCode::kRuntime, std::string("dinov2: ") + what + ": out of memory");
   } catch (const c10::Error& e) {
     throw Error(ErrorCode::kRuntime,
                 std::string("dinov2: ") + what + ": LibTorch failed: " + torch_message(e));
   } catch (const cv::Exception& e) {
     throw Error(ErrorCode::kRuntime,
                 std::string("dinov2: ") + what + ": OpenCV failed: " + e.what());
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::kRuntime, std::string("dinov2: ") + what + ": " + first_line(e.what()));
+  }
+}
+
+/// Runs `f`, which reads the model or head file `path`: a failure that is not already a
+/// dinov2::Error is the file's fault (LibTorch's zip reader, the unpickler, TorchScript's
+/// compiler of the file's code) and leaves as ModelFileError; running out of memory as Error.
+template <class F>
+auto reading_file(const std::string& path, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const Error&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    throw Error(ErrorCode::kRuntime, "dinov2: out of memory while loading '" + path + "'");
+  } catch (const c10::Error& e) {
+    throw ModelFileError("dinov2: cannot load '" + path + "' (" + torch_message(e) + ")");
+  } catch (const std::exception& e) {
+    throw ModelFileError("dinov2: cannot load '" + path + "' (" + first_line(e.what()) + ")");
   }
 }
 

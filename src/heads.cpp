@@ -53,9 +53,16 @@ auto compute(const char* what, F&& f) -> decltype(f()) {
   try {
     c10::InferenceMode guard;
     return f();
+  } catch (const Error&) {
+    throw;
   } catch (const c10::Error& e) {
     throw Error(ErrorCode::kRuntime,
                 c10::str("dinov2: LibTorch failed while ", what, ": ", torch_message(e)));
+  } catch (const std::bad_alloc&) {
+    throw Error(ErrorCode::kRuntime, c10::str("dinov2: out of memory while ", what));
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::kRuntime,
+                c10::str("dinov2: failed while ", what, ": ", detail::first_line(e.what())));
   }
 }
 
@@ -197,7 +204,7 @@ at::Tensor attribute(const torch::jit::Module& m, const char* name, const std::s
   return value.toTensor().to(at::kFloat).contiguous();
 }
 
-detail::HeadData load_head(const std::string& path, const char* kind) {
+detail::HeadData read_head(const std::string& path, const char* kind) {
   check_file(path);
   torch::jit::ExtraFilesMap extra{{kHeadFile, ""}, {kBackboneFile, ""}};
   torch::jit::Module module;
@@ -208,6 +215,12 @@ detail::HeadData load_head(const std::string& path, const char* kind) {
     throw ModelFileError(
         c10::str("dinov2: '", path, "' is not a TorchScript archive (", torch_message(e),
                  "); an official .pth head must first be converted with dinov2-export-head"));
+  } catch (const std::bad_alloc&) {
+    throw;
+  } catch (const std::exception& e) {
+    // TorchScript's compiler on damaged code (ErrorReport, JITException, std::runtime_error).
+    bad_head(path,
+             c10::str("its TorchScript code does not compile: ", detail::first_line(e.what())));
   }
   if (extra[kHeadFile].empty()) {
     if (!extra[kBackboneFile].empty()) {
@@ -260,6 +273,12 @@ detail::HeadData load_head(const std::string& path, const char* kind) {
     bad_head(path, c10::str("'bins' has shape ", shape(d.bins), ", expected [", out, "]"));
   }
   return d;
+}
+
+/// read_head behind the boundary: whatever else the file makes LibTorch or the standard library
+/// throw leaves as ModelFileError (or Error when memory runs out).
+detail::HeadData load_head(const std::string& path, const char* kind) {
+  return detail::reading_file(path, [&] { return read_head(path, kind); });
 }
 
 c10::Device model_device(const Model& model) {

@@ -630,18 +630,7 @@ Model::~Model() = default;
 Model Model::load(const std::string& path, Options options) {
   // The boundary: whatever LibTorch, TorchScript or the standard library throws while reading a
   // file leaves as a dinov2::Error.
-  try {
-    return load_checked(path, std::move(options));
-  } catch (const Error&) {
-    throw;
-  } catch (const std::bad_alloc&) {
-    throw Error(ErrorCode::kRuntime, c10::str("dinov2: out of memory while loading '", path, "'"));
-  } catch (const c10::Error& e) {
-    throw ModelFileError(c10::str("dinov2: cannot load '", path, "' (", torch_message(e), ")"));
-  } catch (const std::exception& e) {
-    throw ModelFileError(
-        c10::str("dinov2: cannot load '", path, "' (", detail::first_line(e.what()), ")"));
-  }
+  return detail::reading_file(path, [&] { return load_checked(path, std::move(options)); });
 }
 
 Model Model::load_checked(const std::string& path, Options options) {

@@ -22,6 +22,7 @@ import hashlib
 import json
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -55,6 +56,7 @@ OTHER = [
     "heads_v99.pt",
     "heads_no_json.pt",
     "heads_not_archive.pth",
+    "heads_bad_pickle.pt",
     "heads_refs.pt",
 ]
 
@@ -153,6 +155,17 @@ def error_files(out: Path) -> None:
     tiny.save(str(out / "heads_no_json.pt"))
     k, v = H.KINDS["linear"], get_variant(BACKBONE)
     torch.save(H.random_head_state_dict(k, v, "imagenet"), out / "heads_not_archive.pth")
+    # Found by fuzz/fuzz_head: a pickle naming a type TorchScript cannot parse made its compiler
+    # throw torch::jit::ErrorReport, which is not a c10::Error, out of the head loaders.
+    with (
+        zipfile.ZipFile(out / "heads_linear.pt") as zin,
+        zipfile.ZipFile(out / "heads_bad_pickle.pt", "w") as zout,
+    ):
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("/data.pkl"):
+                data = data.replace(b"_rebuild_tensor_v2", b"_rebu-ld_tensor_v2")
+            zout.writestr(info.filename, data)
 
 
 def main() -> int:

@@ -11,6 +11,7 @@
 #include <ATen/ATen.h>
 
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "dinov2/error.hpp"
@@ -269,6 +270,15 @@ TEST_CASE("Head files that do not fit are refused with a dinov2::Error naming th
   CHECK(contains(msg, "backbone file, not a head"));
   msg = error_of([] { dinov2::LinearClassifier::load(head("heads_v99")); }, file);
   CHECK(contains(msg, "format version 99"));
+  // A damaged pickle: TorchScript's ErrorReport must leave as ModelFileError too (fuzz_head).
+  for (const auto& load : std::vector<std::function<void()>>{
+           [] { dinov2::LinearClassifier::load(head("heads_bad_pickle")); },
+           [] { dinov2::DepthHead::load(head("heads_bad_pickle")); },
+           [] { dinov2::SegmentationHead::load(head("heads_bad_pickle")); }}) {
+    msg = error_of(load, file);
+    CHECK(contains(msg, "heads_bad_pickle.pt"));
+    CHECK(contains(msg, "does not compile"));
+  }
 
   // Wrong kind: the message names the class that loads it.
   msg = error_of([] { dinov2::DepthHead::load(head("heads_linear")); }, file);
