@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
+#include "archive_check.hpp"
 #include "boundary.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/model.hpp"
@@ -208,6 +209,9 @@ detail::HeadData read_head(const std::string& path, const char* kind) {
   check_file(path);
   torch::jit::ExtraFilesMap extra{{kHeadFile, ""}, {kBackboneFile, ""}};
   torch::jit::Module module;
+  if (const std::string problem = detail::pickle_problem(path); !problem.empty()) {
+    bad_head(path, problem);
+  }
   try {
     module = torch::jit::load(path, c10::Device(c10::DeviceType::CPU), extra);
   } catch (const c10::Error& e) {

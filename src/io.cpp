@@ -72,15 +72,23 @@ const DTypeName* find_dtype(at::ScalarType type) {
   return nullptr;
 }
 
-// Product of the dimensions, or -1 when a dimension is negative or the product overflows.
+// Product of the dimensions, or -1 when a dimension is negative or the product of the non-zero
+// dimensions, in bytes of the widest element (8), overflows: LibTorch refuses such a shape even
+// when another dimension is 0 (found by fuzz_npy: [2, 7666, ..., 6666666666666, 6, 0, 2]).
 int64_t checked_numel(const std::vector<int64_t>& shape) {
+  constexpr int64_t kLimit = std::numeric_limits<int64_t>::max() / 8;
   int64_t n = 1;
+  bool empty = false;
   for (int64_t d : shape) {
     if (d < 0) return -1;
-    if (d != 0 && n > std::numeric_limits<int64_t>::max() / d) return -1;
+    if (d == 0) {
+      empty = true;
+      continue;
+    }
+    if (n > kLimit / d) return -1;
     n *= d;
   }
-  return n;
+  return empty ? 0 : n;
 }
 
 std::string shape_text(const std::vector<int64_t>& shape) {
@@ -785,7 +793,12 @@ at::Tensor load_npy(const std::string& path) {
     bad_file(path, fmt::format("NumPy dtype '{}' is not supported", d.descr));
   }
   const int64_t numel = checked_numel(d.shape);
-  if (numel < 0 || static_cast<uint64_t>(numel) > size / element_size(found->type)) {
+  if (numel < 0) {
+    bad_file(path, fmt::format("shape {} overflows: its dimensions multiply past 2^60 elements; "
+                               "the header is corrupt",
+                               shape_text(d.shape)));
+  }
+  if (static_cast<uint64_t>(numel) > size / element_size(found->type)) {
     bad_file(path, fmt::format("shape {} of '{}' needs more data bytes than the file's {}; it is "
                                "truncated or corrupt",
                                shape_text(d.shape), d.descr, size));

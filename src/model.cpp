@@ -23,6 +23,7 @@
 #include <tuple>
 #include <utility>
 
+#include "archive_check.hpp"
 #include "boundary.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/runtime.hpp"
@@ -665,6 +666,10 @@ Model Model::load_checked(const std::string& path, Options options) {
                                     "the model with dinov2-export"));
     }
   };
+  if (const std::string problem = detail::pickle_problem(path); !problem.empty()) {
+    throw ModelFileError(c10::str("dinov2: '", path, "' is damaged (", problem,
+                                  "); export the model again with dinov2-export"));
+  }
   impl->module = read_module();
   if (extra[kMetadataFile].empty()) {
     if (!extra[kHeadMetadataFile].empty()) {

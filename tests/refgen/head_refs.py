@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import pickletools
+import struct
 import sys
 import time
 import zipfile
@@ -57,6 +59,7 @@ OTHER = [
     "heads_no_json.pt",
     "heads_not_archive.pth",
     "heads_bad_pickle.pt",
+    "heads_memo_bomb.pt",
     "heads_refs.pt",
 ]
 
@@ -165,6 +168,18 @@ def error_files(out: Path) -> None:
             data = zin.read(info.filename)
             if info.filename.endswith("/data.pkl"):
                 data = data.replace(b"_rebuild_tensor_v2", b"_rebu-ld_tensor_v2")
+            zout.writestr(info.filename, data)
+    # Also found by fuzz_head: a memo index of 2^30 made the unpickler size its memo table to
+    # 16 GB. The first BINPUT becomes a LONG_BINPUT far past the entries stored so far.
+    with (
+        zipfile.ZipFile(out / "heads_linear.pt") as zin,
+        zipfile.ZipFile(out / "heads_memo_bomb.pt", "w") as zout,
+    ):
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("/data.pkl"):
+                put = next(p for op, _, p in pickletools.genops(data) if op.name == "BINPUT")
+                data = data[:put] + b"r" + struct.pack("<I", 1 << 30) + data[put + 2 :]
             zout.writestr(info.filename, data)
 
 

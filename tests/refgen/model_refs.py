@@ -19,6 +19,8 @@ import argparse
 import hashlib
 import json
 import os
+import pickletools
+import struct
 import sys
 import time
 import zipfile
@@ -65,6 +67,7 @@ BROKEN = [
     "model_no_methods.pt",
     "model_wrong_patch.pt",
     "model_bad_code.pt",
+    "model_pickle_bomb.pt",
     "model_fp16_overflow.pt",
 ]
 
@@ -203,8 +206,19 @@ def broken_files(out: Path) -> None:
     def syntax_error(name: str, data: bytes) -> bytes:
         return data + b"\ndef (:\n" if name.endswith("dinov2_export/model.py") else data
 
+    # Found by fuzz_model: a string in data.pkl claiming 3.4 GB made LibTorch's unpickler
+    # allocate it before finding the record 2 KB long.
+    def string_bomb(name: str, data: bytes) -> bytes:
+        if not name.endswith("/data.pkl"):
+            return data
+        for op, _, pos in pickletools.genops(data):
+            if op.name == "BINUNICODE":
+                return data[: pos + 1] + struct.pack("<I", 0xCD000001) + data[pos + 5 :]
+        raise AssertionError("data.pkl has no BINUNICODE opcode")
+
     rewrite("model_wrong_patch.pt", patch16)
     rewrite("model_bad_code.pt", syntax_error)
+    rewrite("model_pickle_bomb.pt", string_bomb)
 
     # Activations above the float16 range (65504): fine in float32, Inf then NaN in float16.
     w = load_weights("random", "dinov2_vits14_reg", seed=3, depth=1)

@@ -279,6 +279,10 @@ TEST_CASE("Head files that do not fit are refused with a dinov2::Error naming th
     CHECK(contains(msg, "heads_bad_pickle.pt"));
     CHECK(contains(msg, "does not compile"));
   }
+  // A memo index of 2^30 (16 GB of memo table in LibTorch's unpickler): refused before loading.
+  msg = error_of([] { dinov2::SegmentationHead::load(head("heads_memo_bomb")); }, file);
+  CHECK(contains(msg, "memo index 1073741824"));
+  CHECK(contains(msg, "data.pkl"));
 
   // Wrong kind: the message names the class that loads it.
   msg = error_of([] { dinov2::DepthHead::load(head("heads_linear")); }, file);

@@ -360,7 +360,18 @@ TEST_CASE("a truncated or foreign npy file is refused with the reason", "[io]") 
           std::string(1, static_cast<char>(padded.size() >> 8)) + padded;
   write_bytes(dir + "/bomb.npy", bomb);
   CHECK_THAT(input_error_of([&] { dinov2::load_npy(dir + "/bomb.npy"); }),
-             ContainsSubstring("needs more data bytes than the file's"));
+             ContainsSubstring("shape [2305843009213693952, 1] overflows"));
+  // Found by fuzz_npy: a 0 in the shape made the element count 0, but LibTorch still refused the
+  // other dimensions' product with a c10::Error that escaped load_npy.
+  const std::string zero_header =
+      "{'descr': '<f4', 'fortran_order': False, 'shape': (6666666666666, 7666, 7666, 0), }";
+  const std::string zero_padded = zero_header + std::string(118 - zero_header.size(), ' ') + "\n";
+  write_bytes(dir + "/zero.npy", std::string("\x93NUMPY\x01\x00", 8) +
+                                     std::string(1, static_cast<char>(zero_padded.size() & 0xFF)) +
+                                     std::string(1, static_cast<char>(zero_padded.size() >> 8)) +
+                                     zero_padded);
+  CHECK_THAT(input_error_of([&] { dinov2::load_npy(dir + "/zero.npy"); }),
+             ContainsSubstring("shape [6666666666666, 7666, 7666, 0] overflows"));
 }
 
 TEST_CASE("the streaming npy writer writes what save_npy writes", "[io]") {

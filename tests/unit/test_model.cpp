@@ -33,6 +33,7 @@ using dinov2::test::ContainsSubstring;
 using dinov2::test::data_path;
 using dinov2::test::load_tensors;
 using dinov2::test::max_abs_diff;
+using dinov2::test::message_of;
 
 namespace {
 
@@ -119,18 +120,6 @@ double tolerance(bool fused) {
   const Exactness e = exactness(fused);
   if (e.tol > 0) WARN("tolerance " << e.tol << ": " << e.why);
   return e.tol;
-}
-
-/// The message of the exception of type E thrown by f; fails the test if f does not throw.
-template <class E, class F>
-std::string message_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  FAIL("no exception was thrown");
-  return {};
 }
 
 at::Tensor zeros(int64_t b, int64_t c, int64_t h, int64_t w) { return at::zeros({b, c, h, w}); }
@@ -416,6 +405,9 @@ TEST_CASE("Model::load explains every unusable file", "[model][errors]") {
       // TorchScript reports a syntax error as std::runtime_error, not c10::Error.
       {"model_bad_code.pt",
        {"not a readable TorchScript archive", "expected ident", "exported again"}},
+      // A string claiming 3.4 GB in a 2 KB pickle: refused before LibTorch allocates it.
+      {"model_pickle_bomb.pt",
+       {"is damaged", "the pickle", "data.pkl", "claims 3439329281 bytes", "dinov2-export"}},
   };
   for (const auto& c : cases) {
     INFO(c.file);
