@@ -3,9 +3,13 @@
 # Sets everything up (scripts/setup.sh --reference) and runs every test: CTest (C++ unit tests,
 # the find_package consumer) and pytest (the exporter against transformers, timm); then the model
 # and CLI tests a second time with ATen and oneDNN limited to AVX2, as on most AMD servers before
-# Zen 4 and most laptops, whatever this machine's CPU is.
+# Zen 4 and most laptops, whatever this machine's CPU is; then the sanitizer legs: CTest under
+# ASan + UBSan, every libFuzzer target for a fixed number of executions, and the concurrency tests
+# under TSan (docs/RELIABILITY.md). DINOV2_SKIP_SANITIZERS=1 leaves those out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The smoke run of each fuzz target: about 20 s for the model target, under 2 s for the fast ones.
+FUZZ_RUNS=${DINOV2_FUZZ_RUNS:-300}
 scripts/setup.sh --reference
 status=0
 ctest --test-dir build --output-on-failure -j 2 || status=1
@@ -38,4 +42,11 @@ torch.ops.mkldnn._linear_pointwise(x, torch.ones(16, 8), torch.ones(16), 'none',
     limited=1
   exit $limited
 ) || status=1
+
+if [ "${DINOV2_SKIP_SANITIZERS:-0}" != 1 ]; then
+  echo "== ASan + UBSan: CTest; then each fuzz target for $FUZZ_RUNS executions; TSan: [threads]"
+  scripts/sanitize.sh address || status=1
+  scripts/fuzz.sh all --runs "$FUZZ_RUNS" || status=1
+  scripts/sanitize.sh thread || status=1
+fi
 exit $status

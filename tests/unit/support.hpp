@@ -45,6 +45,21 @@ inline Catch::Matchers::StdString::ContainsMatcher ContainsSubstring(const std::
 }
 #endif
 
+/// @brief The message of the exception of type E that `f` throws; fails the test when `f` throws
+/// nothing or another type.
+template <class E, class F>
+std::string message_of(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    FAIL("expected another exception type, got: " << e.what());
+  }
+  FAIL("no exception was thrown");
+  return {};
+}
+
 /// @brief Folder where the CTest fixture writes exported models and reference tensors.
 inline std::string data_dir() { return DINOV2_TESTDATA; }
 inline std::string data_path(const std::string& name) { return data_dir() + "/" + name; }

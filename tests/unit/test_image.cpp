@@ -100,16 +100,10 @@ std::string raw(const char (&literal)[N]) {
   return std::string(literal, N - 1);
 }
 
-/// The message of the InputError `f` throws; fails the test when it throws none.
+/// The message of the InputError `f` throws; fails the test otherwise.
 template <class F>
 std::string input_error(F&& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  FAIL("no InputError was thrown");
-  return {};
+  return dinov2::test::message_of<InputError>(std::forward<F>(f));
 }
 
 /// A fresh folder under the system's temporary folder, removed with its contents at the end.

@@ -134,19 +134,10 @@ struct Agreement {
   double within_one_pct() const { return 100.0 * static_cast<double>(within_one) / samples; }
 };
 
-/// The message of the InputError thrown by f; fails the test when f throws nothing or another
-/// type.
+/// The message of the InputError `f` throws; fails the test otherwise.
 template <class F>
 std::string input_error(F&& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    FAIL("expected dinov2::InputError, got another exception: " << e.what());
-  }
-  FAIL("expected dinov2::InputError, nothing was thrown");
-  return {};
+  return dinov2::test::message_of<InputError>(std::forward<F>(f));
 }
 
 #define REQUIRE_INPUT_ERROR(expr, fragment)                          \
