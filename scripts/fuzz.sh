@@ -17,7 +17,7 @@ usage() { echo "usage: scripts/fuzz.sh TARGET|all SECONDS | TARGET|all --runs N"
 target=${1#fuzz_}
 if [ "$2" = --runs ]; then
   [ $# = 3 ] && [[ $3 =~ ^[0-9]+$ ]] || usage
-  LIMIT=(-runs="$3")
+  LIMIT=(-runs="$3" -seed=1)  # a fixed execution count runs the same inputs every time
 else
   [ $# = 2 ] && [[ $2 =~ ^[0-9]+$ ]] || usage
   LIMIT=(-max_total_time="$2")
