@@ -26,7 +26,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -158,17 +158,31 @@ def error_files(out: Path) -> None:
     tiny.save(str(out / "heads_no_json.pt"))
     k, v = H.KINDS["linear"], get_variant(BACKBONE)
     torch.save(H.random_head_state_dict(k, v, "imagenet"), out / "heads_not_archive.pth")
+
+    def edit_pickle(dest: str, edit: Callable[[bytes], bytes]) -> None:
+        """heads_linear.pt with its data.pkl passed through `edit`."""
+        with (
+            zipfile.ZipFile(out / "heads_linear.pt") as zin,
+            zipfile.ZipFile(out / dest, "w") as zout,
+        ):
+            for info in zin.infolist():
+                data = zin.read(info.filename)
+                zout.writestr(
+                    info.filename, edit(data) if info.filename.endswith("/data.pkl") else data
+                )
+
+    def memo_bomb(data: bytes) -> bytes:
+        put = next(p for op, _, p in pickletools.genops(data) if op.name == "BINPUT")
+        return data[:put] + b"r" + struct.pack("<I", 1 << 30) + data[put + 2 :]
+
     # Found by fuzz/fuzz_head: a pickle naming a type TorchScript cannot parse made its compiler
     # throw torch::jit::ErrorReport, which is not a c10::Error, out of the head loaders.
-    with (
-        zipfile.ZipFile(out / "heads_linear.pt") as zin,
-        zipfile.ZipFile(out / "heads_bad_pickle.pt", "w") as zout,
-    ):
-        for info in zin.infolist():
-            data = zin.read(info.filename)
-            if info.filename.endswith("/data.pkl"):
-                data = data.replace(b"_rebuild_tensor_v2", b"_rebu-ld_tensor_v2")
-            zout.writestr(info.filename, data)
+    edit_pickle(
+        "heads_bad_pickle.pt", lambda d: d.replace(b"_rebuild_tensor_v2", b"_rebu-ld_tensor_v2")
+    )
+    # Also found by fuzz_head: a memo index of 2^30 made the unpickler size its memo table to
+    # 16 GB. The first BINPUT becomes a LONG_BINPUT far past the entries stored so far.
+    edit_pickle("heads_memo_bomb.pt", memo_bomb)
     # Also found by fuzz_head: a memo index of 2^30 made the unpickler size its memo table to
     # 16 GB. The first BINPUT becomes a LONG_BINPUT far past the entries stored so far.
     with (
