@@ -657,7 +657,11 @@ Model Model::load_checked(const std::string& path, Options options) {
   torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}, {kHeadMetadataFile, ""}};
   const auto read_module = [&] {
     try {
-      return torch::jit::load(path, c10::Device(c10::DeviceType::CPU), extra);
+      // Without the debug pickles (source ranges for error messages): in a damaged file they make
+      // TorchScript's ErrorReport::what(), which is noexcept, throw and so terminate the process
+      // (found by fuzz_head). Errors still quote the scripted code itself.
+      return torch::jit::load(path, c10::Device(c10::DeviceType::CPU), extra,
+                              /*load_debug_files=*/false);
     } catch (const std::exception& e) {
       throw ModelFileError(c10::str("dinov2: '", path, "' is not a readable TorchScript archive (",
                                     detail::first_line(e.what()),
