@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import pickle
 import pickletools
 import struct
 import sys
@@ -60,6 +61,7 @@ OTHER = [
     "heads_not_archive.pth",
     "heads_bad_pickle.pt",
     "heads_memo_bomb.pt",
+    "heads_bad_debug.pt",
     "heads_refs.pt",
 ]
 
@@ -159,17 +161,20 @@ def error_files(out: Path) -> None:
     k, v = H.KINDS["linear"], get_variant(BACKBONE)
     torch.save(H.random_head_state_dict(k, v, "imagenet"), out / "heads_not_archive.pth")
 
-    def edit_pickle(dest: str, edit: Callable[[bytes], bytes]) -> None:
-        """heads_linear.pt with its data.pkl passed through `edit`."""
+    def edit_pickle(
+        dest: str,
+        edit: Callable[[bytes], bytes],
+        record: str = "/data.pkl",
+        src: str = "heads_linear.pt",
+    ) -> None:
+        """`src` with each record whose name ends with `record` passed through `edit`."""
         with (
-            zipfile.ZipFile(out / "heads_linear.pt") as zin,
+            zipfile.ZipFile(out / src) as zin,
             zipfile.ZipFile(out / dest, "w") as zout,
         ):
             for info in zin.infolist():
                 data = zin.read(info.filename)
-                zout.writestr(
-                    info.filename, edit(data) if info.filename.endswith("/data.pkl") else data
-                )
+                zout.writestr(info.filename, edit(data) if info.filename.endswith(record) else data)
 
     def memo_bomb(data: bytes) -> bytes:
         put = next(p for op, _, p in pickletools.genops(data) if op.name == "BINPUT")
@@ -183,6 +188,16 @@ def error_files(out: Path) -> None:
     # Also found by fuzz_head: a memo index of 2^30 made the unpickler size its memo table to
     # 16 GB. The first BINPUT becomes a LONG_BINPUT far past the entries stored so far.
     edit_pickle("heads_memo_bomb.pt", memo_bomb)
+    # The CI smoke run of fuzz_head found damaged source ranges in the debug pickles that made
+    # ErrorReport::what() (noexcept) throw, terminating the process; that input was not kept. The
+    # loaders now leave the debug pickles unread: with garbage in them (well-formed pickles of the
+    # wrong structure) the file gives the same compile error as heads_bad_pickle.pt.
+    edit_pickle(
+        "heads_bad_debug.pt",
+        lambda d: pickle.dumps((1, "not source ranges"), protocol=2),
+        record=".debug_pkl",
+        src="heads_bad_pickle.pt",
+    )
     # Also found by fuzz_head: a memo index of 2^30 made the unpickler size its memo table to
     # 16 GB. The first BINPUT becomes a LONG_BINPUT far past the entries stored so far.
     with (

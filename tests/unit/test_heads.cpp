@@ -274,9 +274,11 @@ TEST_CASE("Head files that do not fit are refused with a dinov2::Error naming th
   for (const auto& load : std::vector<std::function<void()>>{
            [] { dinov2::LinearClassifier::load(head("heads_bad_pickle")); },
            [] { dinov2::DepthHead::load(head("heads_bad_pickle")); },
-           [] { dinov2::SegmentationHead::load(head("heads_bad_pickle")); }}) {
+           [] { dinov2::SegmentationHead::load(head("heads_bad_pickle")); },
+           // The same with garbage debug pickles, which the loaders leave unread.
+           [] { dinov2::LinearClassifier::load(head("heads_bad_debug")); }}) {
     msg = error_of(load, file);
-    CHECK(contains(msg, "heads_bad_pickle.pt"));
+    CHECK(contains(msg, "heads_bad_"));
     CHECK(contains(msg, "does not compile"));
   }
   // A memo index of 2^30 (16 GB of memo table in LibTorch's unpickler): refused before loading.
