@@ -48,8 +48,9 @@ struct Options {
   int64_t max_tokens = 16384;
   /// @brief On the CPU in float32 or bfloat16, run each MLP's first linear layer and its GELU as
   /// one oneDNN call (no separate bias copy and GELU pass; docs/BENCHMARKS.md has the gain).
-  /// Outputs then differ from the exported graph by rounding only: bit-identical on the AVX-512
-  /// Xeon where it was measured, within 1.1e-6 on an AVX2 EPYC. false runs the file's graph
+  /// Outputs then differ from the exported graph by rounding only, as oneDNN's kernel for the CPU
+  /// rounds: bit-identical on the AVX-512 Xeon where it was first measured, within 1.1e-6 on an
+  /// AVX2 EPYC and 4.3e-6 on an AVX-512 (Zen 4) EPYC. false runs the file's graph
   /// exactly as exported. Ignored on CUDA, in float16, and when LibTorch has no oneDNN; where
   /// oneDNN cannot build the fused call for this CPU and dtype (bfloat16 without AVX-512, or
   /// under ONEDNN_MAX_CPU_ISA), the model runs unfused and Model::fusion_reason() says why.
