@@ -52,15 +52,13 @@ auto guarded(const char* what, F&& f) -> decltype(f()) {
   } catch (const Error&) {
     throw;
   } catch (const std::bad_alloc&) {
-    throw Error(ErrorCode::kRuntime, std::string("dinov2: ") + what + ": out of memory");
+    throw RuntimeError(std::string("dinov2: ") + what + ": out of memory");
   } catch (const c10::Error& e) {
-    throw Error(ErrorCode::kRuntime,
-                std::string("dinov2: ") + what + ": LibTorch failed: " + torch_message(e));
+    throw RuntimeError(std::string("dinov2: ") + what + ": LibTorch failed: " + torch_message(e));
   } catch (const cv::Exception& e) {
-    throw Error(ErrorCode::kRuntime,
-                std::string("dinov2: ") + what + ": OpenCV failed: " + e.what());
+    throw RuntimeError(std::string("dinov2: ") + what + ": OpenCV failed: " + e.what());
   } catch (const std::exception& e) {
-    throw Error(ErrorCode::kRuntime, std::string("dinov2: ") + what + ": " + first_line(e.what()));
+    throw RuntimeError(std::string("dinov2: ") + what + ": " + first_line(e.what()));
   }
 }
 
@@ -74,7 +72,7 @@ auto reading_file(const std::string& path, F&& f) -> decltype(f()) {
   } catch (const Error&) {
     throw;
   } catch (const std::bad_alloc&) {
-    throw Error(ErrorCode::kRuntime, "dinov2: out of memory while loading '" + path + "'");
+    throw RuntimeError("dinov2: out of memory while loading '" + path + "'");
   } catch (const c10::Error& e) {
     throw ModelFileError("dinov2: cannot load '" + path + "' (" + torch_message(e) + ")");
   } catch (const std::exception& e) {

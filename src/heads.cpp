@@ -57,13 +57,11 @@ auto compute(const char* what, F&& f) -> decltype(f()) {
   } catch (const Error&) {
     throw;
   } catch (const c10::Error& e) {
-    throw Error(ErrorCode::kRuntime,
-                c10::str("dinov2: LibTorch failed while ", what, ": ", torch_message(e)));
+    throw RuntimeError(c10::str("dinov2: LibTorch failed while ", what, ": ", torch_message(e)));
   } catch (const std::bad_alloc&) {
-    throw Error(ErrorCode::kRuntime, c10::str("dinov2: out of memory while ", what));
+    throw RuntimeError(c10::str("dinov2: out of memory while ", what));
   } catch (const std::exception& e) {
-    throw Error(ErrorCode::kRuntime,
-                c10::str("dinov2: failed while ", what, ": ", detail::first_line(e.what())));
+    throw RuntimeError(c10::str("dinov2: failed while ", what, ": ", detail::first_line(e.what())));
   }
 }
 
@@ -444,8 +442,8 @@ std::vector<std::vector<ClassScore>> LinearClassifier::top_k(const at::Tensor& l
     throw InputError(c10::str("dinov2: top_k expects logits [B, ", c, "], got ", shape(logits)));
   }
   if (k < 1 || k > c) {
-    throw Error(ErrorCode::kInvalidArgument,
-                c10::str("dinov2: top_k k is ", k, "; it must be in 1..", c));
+    throw InputError::invalid_argument(
+        c10::str("dinov2: top_k k is ", k, "; it must be in 1..", c));
   }
   auto [values, indices] = compute("ranking classes", [&] {
     auto probs = at::softmax(logits.to(at::kFloat), 1);
@@ -497,8 +495,8 @@ at::Tensor DepthHead::predict(const LayerFeatures& features, int64_t height, int
     }
   }
   if (height < 0 || width < 0) {
-    throw Error(ErrorCode::kInvalidArgument,
-                c10::str("dinov2: depth output size ", height, "x", width, " is negative"));
+    throw InputError::invalid_argument(
+        c10::str("dinov2: depth output size ", height, "x", width, " is negative"));
   }
   if (height == 0) height = h * info.patch_size;
   if (width == 0) width = w * info.patch_size;
@@ -565,8 +563,8 @@ at::Tensor SegmentationHead::labels(const at::Tensor& logits, int64_t height, in
         c10::str("dinov2: labels expects logits [B, ", c, ", h, w], got ", shape(logits)));
   }
   if (height < 1 || width < 1) {
-    throw Error(ErrorCode::kInvalidArgument,
-                c10::str("dinov2: label map size ", height, "x", width, " must be positive"));
+    throw InputError::invalid_argument(
+        c10::str("dinov2: label map size ", height, "x", width, " must be positive"));
   }
   return compute("computing labels", [&] {
     // As the official evaluation: resize the logits, then take the arg-max per pixel.

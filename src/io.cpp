@@ -43,7 +43,7 @@ constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 constexpr const char* kMetadataKey = "__metadata__";
 
 [[noreturn]] void bad_argument(const std::string& message) {
-  throw InputError(message, ErrorCode::kInvalidArgument);
+  throw InputError::invalid_argument(message);
 }
 
 [[noreturn]] void bad_file(const std::string& path, const std::string& problem) {
@@ -100,9 +100,8 @@ at::Tensor host_bytes(const at::Tensor& t) {
   try {
     return t.device().is_cpu() ? t.contiguous() : t.to(at::kCPU).contiguous();
   } catch (const c10::Error& e) {
-    throw Error(ErrorCode::kRuntime,
-                fmt::format("dinov2: could not copy a tensor to the CPU for writing: {}",
-                            e.what_without_backtrace()));
+    throw RuntimeError(fmt::format("dinov2: could not copy a tensor to the CPU for writing: {}",
+                                   e.what_without_backtrace()));
   }
 }
 

@@ -58,18 +58,16 @@ auto translate_errors(const std::string& what, F&& f) -> decltype(f()) {
   try {
     return f();
   } catch (const c10::OutOfMemoryError& e) {
-    throw Error(ErrorCode::kRuntime,
-                c10::str("dinov2: out of memory while ", what, ": ", torch_message(e),
-                         "; use a smaller batch or input, or lower Options::max_tokens"));
+    throw RuntimeError(c10::str("dinov2: out of memory while ", what, ": ", torch_message(e),
+                                "; use a smaller batch or input, or lower Options::max_tokens"));
   } catch (const c10::Error& e) {
     const std::string msg = torch_message(e);
     if (msg.rfind("dinov2:", 0) == 0) throw InputError(msg);
-    throw Error(ErrorCode::kRuntime, c10::str("dinov2: LibTorch failed while ", what, ": ", msg));
+    throw RuntimeError(c10::str("dinov2: LibTorch failed while ", what, ": ", msg));
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {  // the AOTInductor runtime throws std::runtime_error
-    throw Error(ErrorCode::kRuntime,
-                c10::str("dinov2: LibTorch failed while ", what, ": ", e.what()));
+    throw RuntimeError(c10::str("dinov2: LibTorch failed while ", what, ": ", e.what()));
   }
 }
 
@@ -373,7 +371,7 @@ graph(%x, %w, %b, %approximate):
 
 at::Tensor Features::pooled() const {
   if (!cls.defined() || !patches.defined()) {
-    throw Error(ErrorCode::kInvalidArgument, "dinov2: Features::pooled() on empty features");
+    throw InputError::invalid_argument("dinov2: Features::pooled() on empty features");
   }
   return translate_errors("pooling features", [&] {
     return at::cat({cls, patches.mean({1, 2})}, -1);
@@ -455,10 +453,9 @@ struct Model::Impl {
     const int64_t h = height / p;
     const int64_t w = width / p;
     if (h * w > options.max_tokens) {
-      throw InputError(c10::str("dinov2: image is ", height, "x", width, ", which needs ",
-                                with_commas(h * w), " tokens; the limit is ",
-                                with_commas(options.max_tokens), " (Options::max_tokens)"),
-                       ErrorCode::kTooManyTokens);
+      throw InputError::too_many_tokens(c10::str(
+          "dinov2: image is ", height, "x", width, ", which needs ", with_commas(h * w),
+          " tokens; the limit is ", with_commas(options.max_tokens), " (Options::max_tokens)"));
     }
     return {h, w};
   }
@@ -525,13 +522,13 @@ struct Model::Impl {
     }
     if (!ok.defined() || ok.item<bool>()) return;
     if (dtype == at::kHalf) {
-      throw Error(ErrorCode::kRuntime,
-                  "dinov2: the model produced NaN or Inf in float16 (an overflow of the "
-                  "activations); load it with DType::kBFloat16 or DType::kFloat32");
+      throw RuntimeError(
+          "dinov2: the model produced NaN or Inf in float16 (an overflow of the "
+          "activations); load it with DType::kBFloat16 or DType::kFloat32");
     }
-    throw Error(ErrorCode::kRuntime,
-                c10::str("dinov2: the model produced NaN or Inf in ", to_string(compute_dtype),
-                         "; check the input for NaN or Inf values"));
+    throw RuntimeError(c10::str("dinov2: the model produced NaN or Inf in ",
+                                to_string(compute_dtype),
+                                "; check the input for NaN or Inf values"));
   }
 
   /// An AOTInductor package's forward: the compiled size only, batches split to max_batch.
@@ -561,10 +558,10 @@ struct Model::Impl {
   }
 
   [[noreturn]] void not_in_package(const char* method) const {
-    throw Error(ErrorCode::kInvalidArgument,
-                c10::str("dinov2: ", method,
-                         " is not compiled into AOTInductor packages (they hold the forward pass "
-                         "only); load the TorchScript (.pt) export of the model for it"));
+    throw InputError::invalid_argument(
+        c10::str("dinov2: ", method,
+                 " is not compiled into AOTInductor packages (they hold the forward pass "
+                 "only); load the TorchScript (.pt) export of the model for it"));
   }
 
   Features run(const at::Tensor& pixels, std::vector<PatchGrid> grids, int64_t h, int64_t w,
@@ -591,15 +588,14 @@ struct Model::Impl {
   LayerFeatures run_layers(const at::Tensor& pixels, std::vector<PatchGrid> grids, int64_t h,
                            int64_t w, const std::vector<int64_t>& blocks, bool norm) const {
     if (blocks.empty()) {
-      throw Error(ErrorCode::kInvalidArgument,
-                  "dinov2: intermediate_layers needs at least one block index");
+      throw InputError::invalid_argument(
+          "dinov2: intermediate_layers needs at least one block index");
     }
     if (package) not_in_package("intermediate_layers");
     LayerFeatures lf;
     for (int64_t b : blocks) {
       if (b < -info.depth || b >= info.depth) {
-        throw Error(
-            ErrorCode::kInvalidArgument,
+        throw InputError::invalid_argument(
             c10::str("dinov2: block index ", b, " is out of range for a model with ", info.depth,
                      " blocks (valid: 0..", info.depth - 1, " or -", info.depth, "..-1)"));
       }
@@ -636,18 +632,18 @@ Model Model::load(const std::string& path, Options options) {
 
 Model Model::load_checked(const std::string& path, Options options) {
   if (options.max_tokens <= 0) {
-    throw Error(ErrorCode::kInvalidArgument, c10::str("dinov2: Options::max_tokens is ",
-                                                      options.max_tokens, "; it must be positive"));
+    throw InputError::invalid_argument(
+        c10::str("dinov2: Options::max_tokens is ", options.max_tokens, "; it must be positive"));
   }
   if (options.threads < 0) {
-    throw Error(ErrorCode::kInvalidArgument,
-                c10::str("dinov2: Options::threads is ", options.threads,
-                         "; use 0 for LibTorch's default or a positive count"));
+    throw InputError::invalid_argument(
+        c10::str("dinov2: Options::threads is ", options.threads,
+                 "; use 0 for LibTorch's default or a positive count"));
   }
   if (options.profiled_runs < -1) {
-    throw Error(ErrorCode::kInvalidArgument,
-                c10::str("dinov2: Options::profiled_runs is ", options.profiled_runs,
-                         "; use -1 to keep LibTorch's setting, 0 or a positive count"));
+    throw InputError::invalid_argument(
+        c10::str("dinov2: Options::profiled_runs is ", options.profiled_runs,
+                 "; use -1 to keep LibTorch's setting, 0 or a positive count"));
   }
   check_file(path);
   check_device(options);

@@ -130,9 +130,9 @@ PatchPca PatchPca::fit(const std::vector<at::Tensor>& samples, int64_t component
                        std::to_string(n) + " of width " + std::to_string(d));
     }
     if (components < 1 || components > d) {
-      throw InputError("dinov2: PatchPca::fit: components = " + std::to_string(components) +
-                           " must be in [1, " + std::to_string(d) + "] (the feature width)",
-                       ErrorCode::kInvalidArgument);
+      throw InputError::invalid_argument(
+          "dinov2: PatchPca::fit: components = " + std::to_string(components) + " must be in [1, " +
+          std::to_string(d) + "] (the feature width)");
     }
     Eigen::VectorXd sum = Eigen::VectorXd::Zero(d);
     for (const auto& r : rows) {
@@ -152,8 +152,7 @@ PatchPca PatchPca::fit(const std::vector<at::Tensor>& samples, int64_t component
     cov /= static_cast<double>(n - 1);
     Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> solver(cov);
     if (solver.info() != Eigen::Success) {
-      throw Error(ErrorCode::kRuntime,
-                  "dinov2: PatchPca::fit: the eigen decomposition of the covariance failed");
+      throw RuntimeError("dinov2: PatchPca::fit: the eigen decomposition of the covariance failed");
     }
     PatchPca pca;
     pca.samples_ = n;
@@ -204,19 +203,19 @@ std::vector<int64_t> border_patches(int64_t rows, int64_t cols) {
 
 PcaColors pca_colors(const std::vector<at::Tensor>& patches, const PcaOptions& options) {
   if (options.components < 1 || options.components > 3) {
-    throw InputError("dinov2: PcaOptions::components = " + std::to_string(options.components) +
-                         " must be 1, 2 or 3 (one per colour channel)",
-                     ErrorCode::kInvalidArgument);
+    throw InputError::invalid_argument(
+        "dinov2: PcaOptions::components = " + std::to_string(options.components) +
+        " must be 1, 2 or 3 (one per colour channel)");
   }
   if (!(options.clip_percentile >= 0.0 && options.clip_percentile < 50.0)) {
-    throw InputError("dinov2: PcaOptions::clip_percentile = " +
-                         std::to_string(options.clip_percentile) + " must be in [0, 50)",
-                     ErrorCode::kInvalidArgument);
+    throw InputError::invalid_argument(
+        "dinov2: PcaOptions::clip_percentile = " + std::to_string(options.clip_percentile) +
+        " must be in [0, 50)");
   }
   if (!(options.mask_threshold >= 0.0 && options.mask_threshold < 1.0)) {
-    throw InputError("dinov2: PcaOptions::mask_threshold = " +
-                         std::to_string(options.mask_threshold) + " must be in [0, 1)",
-                     ErrorCode::kInvalidArgument);
+    throw InputError::invalid_argument(
+        "dinov2: PcaOptions::mask_threshold = " + std::to_string(options.mask_threshold) +
+        " must be in [0, 1)");
   }
   const std::vector<at::Tensor> maps = image_maps(patches);
   return guarded("pca_colors", [&] {
@@ -308,9 +307,8 @@ PcaColors pca_colors(const std::vector<at::Tensor>& patches, const PcaOptions& o
 at::Tensor upsample_map(const at::Tensor& colors, int64_t height, int64_t width, Upsampling mode) {
   check_map(colors, "upsample_map");
   if (height < 1 || width < 1) {
-    throw InputError("dinov2: upsample_map: the size " + std::to_string(height) + "x" +
-                         std::to_string(width) + " must be positive",
-                     ErrorCode::kInvalidArgument);
+    throw InputError::invalid_argument("dinov2: upsample_map: the size " + std::to_string(height) +
+                                       "x" + std::to_string(width) + " must be positive");
   }
   return guarded("upsample_map", [&] {
     const at::Tensor src = colors.detach().cpu();
@@ -351,10 +349,9 @@ at::Tensor upsample_map(const at::Tensor& colors, int64_t height, int64_t width,
 at::Tensor upsample_to_original(const at::Tensor& colors, const PatchGrid& grid, Upsampling mode) {
   check_map(colors, "upsample_to_original");
   if (grid.original_height < 1 || grid.original_width < 1) {
-    throw InputError("dinov2: upsample_to_original: the grid has no original size (" +
-                         std::to_string(grid.original_height) + "x" +
-                         std::to_string(grid.original_width) + ")",
-                     ErrorCode::kInvalidArgument);
+    throw InputError::invalid_argument(
+        "dinov2: upsample_to_original: the grid has no original size (" +
+        std::to_string(grid.original_height) + "x" + std::to_string(grid.original_width) + ")");
   }
   const int64_t x0 = std::llround(grid.crop_x), y0 = std::llround(grid.crop_y);
   const int64_t x1 = std::llround(grid.crop_x + grid.crop_width);
@@ -378,8 +375,8 @@ at::Tensor contact_sheet(const std::vector<std::vector<at::Tensor>>& rows, int64
                          int64_t gap) {
   constexpr int64_t kMaxTileAspect = 8;
   if (height < 1 || gap < 0) {
-    throw InputError("dinov2: contact_sheet: height must be positive and gap non-negative",
-                     ErrorCode::kInvalidArgument);
+    throw InputError::invalid_argument(
+        "dinov2: contact_sheet: height must be positive and gap non-negative");
   }
   return guarded("contact_sheet", [&] {
     std::vector<at::Tensor> strips;

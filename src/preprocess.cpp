@@ -67,7 +67,7 @@ std::string text(const char* pattern, const Args&... args) {
 // Argument checks
 
 [[noreturn]] void bad_argument(const std::string& message) {
-  throw InputError(message, ErrorCode::kInvalidArgument);
+  throw InputError::invalid_argument(message);
 }
 
 std::string nearest_multiples(int value) {
@@ -841,8 +841,8 @@ auto guarded(F&& f) -> decltype(f()) {
   } catch (const Error&) {
     throw;
   } catch (const c10::Error& e) {
-    throw Error(ErrorCode::kRuntime, text("dinov2: preprocessing failed inside LibTorch: {}",
-                                          e.what_without_backtrace()));
+    throw RuntimeError(
+        text("dinov2: preprocessing failed inside LibTorch: {}", e.what_without_backtrace()));
   }
 }
 
@@ -1024,11 +1024,10 @@ ResizePlan Recipe::plan(int64_t height, int64_t width) const {
     }
   }
   if (p.resized_height * p.resized_width > kMaxResizedPixels) {
-    throw InputError(
+    throw InputError::too_many_tokens(
         text("dinov2: {} resizes an image of {}x{} pixels to {}x{}, over the limit of "
              "{} pixels (kMaxResizedPixels); crop the image or use another recipe",
-             to_string(), height, width, p.resized_height, p.resized_width, kMaxResizedPixels),
-        ErrorCode::kTooManyTokens);
+             to_string(), height, width, p.resized_height, p.resized_width, kMaxResizedPixels));
   }
   PatchGrid& g = p.grid;
   g.rows = out_h / kPatchSize;

@@ -72,18 +72,18 @@ LinearProbe LinearProbe::train(const at::Tensor& features, const at::Tensor& lab
                                int64_t num_classes, const LinearProbeOptions& options) {
   check_features(features, "LinearProbe::train: the features");
   if (num_classes < 2) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "dinov2: LinearProbe::train: num_classes = " + std::to_string(num_classes) +
-                    "; a classifier needs at least 2 classes");
+    throw InputError::invalid_argument(
+        "dinov2: LinearProbe::train: num_classes = " + std::to_string(num_classes) +
+        "; a classifier needs at least 2 classes");
   }
   if (features.size(0) < 1) {
     throw InputError("dinov2: LinearProbe::train: no training rows");
   }
   if (!(options.weight_decay >= 0.0) || options.max_iterations < 1 ||
       !(options.gradient_tolerance >= 0.0)) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "dinov2: LinearProbeOptions: weight_decay and gradient_tolerance must be >= 0 "
-                "and max_iterations >= 1");
+    throw InputError::invalid_argument(
+        "dinov2: LinearProbeOptions: weight_decay and gradient_tolerance must be >= 0 "
+        "and max_iterations >= 1");
   }
   const at::Tensor y0 = checked_labels(labels, features.size(0), num_classes, "LinearProbe::train");
   return guarded("LinearProbe::train", [&] {
@@ -141,9 +141,9 @@ LinearProbe LinearProbe::train(const at::Tensor& features, const at::Tensor& lab
     }
     probe.evaluations_ = evaluations;
     if (!std::isfinite(probe.loss_)) {
-      throw Error(ErrorCode::kRuntime,
-                  "dinov2: LinearProbe::train diverged (the loss is not finite); check the "
-                  "features or raise LinearProbeOptions::weight_decay");
+      throw RuntimeError(
+          "dinov2: LinearProbe::train diverged (the loss is not finite); check the "
+          "features or raise LinearProbeOptions::weight_decay");
     }
     return probe;
   });
@@ -151,9 +151,9 @@ LinearProbe LinearProbe::train(const at::Tensor& features, const at::Tensor& lab
 
 void LinearProbe::set_class_names(std::vector<std::string> names) {
   if (!names.empty() && static_cast<int64_t>(names.size()) != num_classes()) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "dinov2: LinearProbe::set_class_names: " + std::to_string(names.size()) +
-                    " names for " + std::to_string(num_classes()) + " classes");
+    throw InputError::invalid_argument(
+        "dinov2: LinearProbe::set_class_names: " + std::to_string(names.size()) + " names for " +
+        std::to_string(num_classes()) + " classes");
   }
   class_names_ = std::move(names);
 }
@@ -176,8 +176,8 @@ void LinearProbe::save(const std::string& path) const {
   for (const auto& [key, value] : metadata_) {
     if (key == "format" || key == "format_version" || key == "num_classes" ||
         key == "class_names") {
-      throw Error(ErrorCode::kInvalidArgument, "dinov2: LinearProbe::save: the metadata key '" +
-                                                   key + "' is reserved; rename it");
+      throw InputError::invalid_argument("dinov2: LinearProbe::save: the metadata key '" + key +
+                                         "' is reserved; rename it");
     }
     meta[key] = value;
   }
@@ -270,10 +270,10 @@ KnnClassifier::KnnClassifier(const at::Tensor& features, const at::Tensor& label
     : num_classes_(num_classes), k_(k), temperature_(temperature) {
   check_features(features, "KnnClassifier: the features");
   if (num_classes < 1 || k < 1 || !(temperature > 0.0)) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "dinov2: KnnClassifier needs num_classes >= 1, k >= 1 and temperature > 0; got " +
-                    std::to_string(num_classes) + ", " + std::to_string(k) + ", " +
-                    std::to_string(temperature));
+    throw InputError::invalid_argument(
+        "dinov2: KnnClassifier needs num_classes >= 1, k >= 1 and temperature > 0; got " +
+        std::to_string(num_classes) + ", " + std::to_string(k) + ", " +
+        std::to_string(temperature));
   }
   if (features.size(0) < 1) throw InputError("dinov2: KnnClassifier: the memory bank is empty");
   labels_ = checked_labels(labels, features.size(0), num_classes, "KnnClassifier").cpu();
@@ -302,9 +302,8 @@ at::Tensor KnnClassifier::predict(const at::Tensor& queries) const {
 
 Split stratified_split(const std::vector<int64_t>& labels, double val_fraction, uint64_t seed) {
   if (!(val_fraction >= 0.0 && val_fraction < 1.0)) {
-    throw Error(
-        ErrorCode::kInvalidArgument,
-        "dinov2: the validation fraction " + std::to_string(val_fraction) + " must be in [0, 1)");
+    throw InputError::invalid_argument("dinov2: the validation fraction " +
+                                       std::to_string(val_fraction) + " must be in [0, 1)");
   }
   std::map<int64_t, std::vector<int64_t>> by_class;
   for (size_t i = 0; i < labels.size(); ++i) {
@@ -345,8 +344,7 @@ at::Tensor confusion_matrix(const at::Tensor& predicted, const at::Tensor& targe
         shape_of(predicted) + " and " + shape_of(target));
   }
   if (num_classes < 1) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "dinov2: confusion_matrix: num_classes must be positive");
+    throw InputError::invalid_argument("dinov2: confusion_matrix: num_classes must be positive");
   }
   return guarded("confusion_matrix", [&] {
     const at::Tensor t = target.reshape({-1}).to(at::kCPU, at::kLong);

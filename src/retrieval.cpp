@@ -37,8 +37,8 @@ void check_matrix(const at::Tensor& t, const char* what, int64_t dim = -1) {
 
 void check_k(int64_t k) {
   if (k < 1) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "dinov2: k = " + std::to_string(k) + " neighbours; ask for at least 1");
+    throw InputError::invalid_argument("dinov2: k = " + std::to_string(k) +
+                                       " neighbours; ask for at least 1");
   }
 }
 
@@ -62,8 +62,8 @@ CosineTopK::CosineTopK(const at::Tensor& queries, int64_t k) : k_(k) {
 void CosineTopK::add(const at::Tensor& gallery, int64_t first_index, int64_t chunk_rows) {
   check_matrix(gallery, "the gallery", queries_.size(1));
   if (chunk_rows < 1) {
-    throw Error(ErrorCode::kInvalidArgument, "dinov2: CosineTopK::add: chunk_rows = " +
-                                                 std::to_string(chunk_rows) + " must be positive");
+    throw InputError::invalid_argument("dinov2: CosineTopK::add: chunk_rows = " +
+                                       std::to_string(chunk_rows) + " must be positive");
   }
   guarded("CosineTopK::add", [&] {
     const int64_t rows = gallery.size(0);
@@ -123,8 +123,7 @@ auto faiss_guarded(const char* what, F&& f) -> decltype(f()) {
   try {
     return guarded(what, std::forward<F>(f));
   } catch (const faiss::FaissException& e) {
-    throw Error(ErrorCode::kRuntime,
-                std::string("dinov2: ") + what + ": FAISS failed: " + e.what());
+    throw RuntimeError(std::string("dinov2: ") + what + ": FAISS failed: " + e.what());
   }
 }
 }  // namespace
@@ -133,8 +132,8 @@ bool FaissIndex::available() { return true; }
 
 FaissIndex::FaissIndex(int64_t dim) {
   if (dim < 1) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "dinov2: FaissIndex: the width " + std::to_string(dim) + " must be positive");
+    throw InputError::invalid_argument("dinov2: FaissIndex: the width " + std::to_string(dim) +
+                                       " must be positive");
   }
   impl_ = std::make_shared<Impl>();
   impl_->index = std::make_unique<faiss::IndexFlatIP>(static_cast<int>(dim));
@@ -213,9 +212,9 @@ struct FaissIndex::Impl {};
 
 namespace {
 [[noreturn]] void no_faiss() {
-  throw Error(ErrorCode::kInvalidArgument,
-              "dinov2: this build has no FAISS support; reconfigure with -DDINOV2_WITH_FAISS=ON "
-              "(needs FAISS, e.g. Debian's libfaiss-dev) or use the exact search");
+  throw InputError::invalid_argument(
+      "dinov2: this build has no FAISS support; reconfigure with -DDINOV2_WITH_FAISS=ON "
+      "(needs FAISS, e.g. Debian's libfaiss-dev) or use the exact search");
 }
 }  // namespace
 

@@ -68,9 +68,8 @@ inline MatrixView patch_matrix(const Features& f, int64_t image) {
   detail::check_viewable(f.patches, "Features::patches");
   const int64_t batch = f.patches.size(0);
   if (image < 0 || image >= batch) {
-    throw Error(ErrorCode::kInvalidArgument, "dinov2: image index " + std::to_string(image) +
-                                                 " is out of range for a batch of " +
-                                                 std::to_string(batch));
+    throw InputError::invalid_argument("dinov2: image index " + std::to_string(image) +
+                                       " is out of range for a batch of " + std::to_string(batch));
   }
   const int64_t tokens = f.patches.size(1) * f.patches.size(2);
   const int64_t dim = f.patches.size(3);
@@ -83,9 +82,8 @@ inline MatrixView register_matrix(const Features& f, int64_t image) {
   detail::check_viewable(f.registers, "Features::registers");
   const int64_t batch = f.registers.size(0);
   if (image < 0 || image >= batch) {
-    throw Error(ErrorCode::kInvalidArgument, "dinov2: image index " + std::to_string(image) +
-                                                 " is out of range for a batch of " +
-                                                 std::to_string(batch));
+    throw InputError::invalid_argument("dinov2: image index " + std::to_string(image) +
+                                       " is out of range for a batch of " + std::to_string(batch));
   }
   const int64_t count = f.registers.size(1);
   const int64_t dim = f.registers.size(2);

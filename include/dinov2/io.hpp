@@ -6,7 +6,7 @@
 /// Contract: every file is written atomically (to `PATH.tmp`, flushed, then renamed over PATH),
 /// so a reader never sees a half-written file, even after the writer was killed. Every failure
 /// throws a dinov2::Error: InputError (kBadInput) for a missing, unreadable, corrupt or
-/// unsupported file, with a message naming the file and the problem; Error (kInvalidArgument)
+/// unsupported file, with a message naming the file and the problem; InputError (kInvalidArgument)
 /// for a bad argument (a tensor of an unsupported dtype, a name used twice...). Tensors are read
 /// into, and written from, the CPU; a CUDA tensor is copied to the CPU first.
 ///
@@ -37,7 +37,8 @@ using TensorMetadata = std::map<std::string, std::string>;
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
 /// @brief The safetensors dtype code ("F32", "BF16", ...) of a tensor scalar type. Supported:
-/// BOOL, U8, I8, I16, I32, I64, F16, BF16, F32, F64. Throws Error (kInvalidArgument) otherwise.
+/// BOOL, U8, I8, I16, I32, I64, F16, BF16, F32, F64. Throws InputError (kInvalidArgument)
+/// otherwise.
 std::string safetensors_dtype(at::ScalarType type);
 /// @brief The scalar type of a safetensors dtype code; throws InputError naming the code when it
 /// is not one of the supported ones.
@@ -60,7 +61,7 @@ struct TensorEntry {
 /// @brief Writes a safetensors file atomically. Tensors (any device, any strides) are stored in
 /// the order given, except that wider element types come first (stable), as Python's
 /// `safetensors` does, so that every tensor starts at an offset aligned to its element size.
-/// Throws Error (kInvalidArgument) for an empty or duplicated name, the reserved name
+/// Throws InputError (kInvalidArgument) for an empty or duplicated name, the reserved name
 /// "__metadata__" or an unsupported dtype; InputError when the file cannot be written.
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const TensorMetadata& metadata = {});
@@ -133,8 +134,8 @@ struct TensorSpec {
 /// partial file behind (a killed process may leave `PATH.tmp`, never a partial PATH).
 class SafetensorsWriter {
  public:
-  /// @brief Creates `path + ".tmp"` and writes the header. Throws Error (kInvalidArgument) for a
-  /// bad spec and InputError when the file cannot be created.
+  /// @brief Creates `path + ".tmp"` and writes the header. Throws InputError (kInvalidArgument) for
+  /// a bad spec and InputError when the file cannot be created.
   SafetensorsWriter(const std::string& path, std::vector<TensorSpec> specs,
                     const TensorMetadata& metadata = {});
   SafetensorsWriter(SafetensorsWriter&&) noexcept;
@@ -145,10 +146,10 @@ class SafetensorsWriter {
 
   /// @brief Appends the elements of `data` (any shape and device; its dtype must equal the
   /// current tensor's) to the current tensor, moving on to the next tensor when one is full.
-  /// Throws Error (kInvalidArgument) when the dtype differs or the data overruns the tensor.
+  /// Throws InputError (kInvalidArgument) when the dtype differs or the data overruns the tensor.
   void append(const at::Tensor& data);
   /// @brief Checks that every declared byte was written, flushes the file to disk and renames it
-  /// to the final path. Throws Error (kInvalidArgument) when data is missing.
+  /// to the final path. Throws InputError (kInvalidArgument) when data is missing.
   void commit();
 
  private:
@@ -158,7 +159,7 @@ class SafetensorsWriter {
 
 /// @brief The NumPy type string ("<f4", "|u1", ...) of a scalar type. Supported: bool, uint8,
 /// int8, int16, int32, int64, float16, float32, float64. bfloat16 has no NumPy type: convert it
-/// first (Error kInvalidArgument).
+/// first (InputError, kInvalidArgument).
 std::string npy_descr(at::ScalarType type);
 
 /// @brief Writes one tensor (any device, any strides) as a `.npy` file (format version 1.0, C

@@ -73,7 +73,7 @@ class Model {
   ///
   /// Throws ModelFileError when the file is missing, not a TorchScript archive, not a dinov2
   /// backbone export, or of a newer format version than this library reads; DeviceError when the
-  /// device is unavailable or the dtype does not run on it; Error(kInvalidArgument) for bad
+  /// device is unavailable or the dtype does not run on it; InputError(kInvalidArgument) for bad
   /// Options values.
   static Model load(const std::string& path, Options options = {});
 

@@ -215,10 +215,10 @@ inline cv::Mat to_bgr_mat(const at::Tensor& rgb) {
       }
     }
   } catch (const cv::Exception& e) {
-    throw Error(ErrorCode::kRuntime, std::string("dinov2: to_bgr_mat: OpenCV failed: ") + e.what());
+    throw RuntimeError(std::string("dinov2: to_bgr_mat: OpenCV failed: ") + e.what());
   } catch (const c10::Error& e) {
-    throw Error(ErrorCode::kRuntime,
-                std::string("dinov2: to_bgr_mat: LibTorch failed: ") + e.what_without_backtrace());
+    throw RuntimeError(std::string("dinov2: to_bgr_mat: LibTorch failed: ") +
+                       e.what_without_backtrace());
   }
   return out;
 }

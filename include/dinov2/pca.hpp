@@ -20,7 +20,7 @@
 ///   grid score lower on average than the others (the background usually touches the border).
 ///
 /// This header includes neither Eigen nor OpenCV. All functions throw dinov2::Error (InputError
-/// for bad shapes or values, Error(kRuntime) when LibTorch, Eigen or OpenCV fail).
+/// for bad shapes or values, RuntimeError(kRuntime) when LibTorch, Eigen or OpenCV fail).
 #pragma once
 
 #include <ATen/core/Tensor.h>

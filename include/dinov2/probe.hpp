@@ -7,8 +7,8 @@
 /// Features are rows [N, F] of any floating dtype and device (e.g. Features::cls, or
 /// Features::pooled() for the input of the official linear heads); labels are int64 class indices
 /// in [0, C). Every failure throws a dinov2::Error: InputError for tensors of the wrong shape,
-/// dtype or values, Error(kInvalidArgument) for bad settings, ModelFileError for a probe file
-/// that cannot be read, Error(kRuntime) when LibTorch fails.
+/// dtype or values, InputError(kInvalidArgument) for bad settings, ModelFileError for a probe file
+/// that cannot be read, RuntimeError(kRuntime) when LibTorch fails.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -74,7 +74,7 @@ class LinearProbe {
 
   /// @brief Class names in label order (empty or C entries).
   const std::vector<std::string>& class_names() const { return class_names_; }
-  /// @brief Sets the class names; throws Error(kInvalidArgument) unless there are C of them.
+  /// @brief Sets the class names; throws InputError(kInvalidArgument) unless there are C of them.
   void set_class_names(std::vector<std::string> names);
   /// @brief Free-form string metadata saved with the probe (e.g. the backbone and the feature
   /// kind it was trained on). Keys may not be the ones save() writes itself.

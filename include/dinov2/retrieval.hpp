@@ -9,7 +9,7 @@
 /// similarity; ties keep no particular order.
 ///
 /// Every failure throws a dinov2::Error: InputError for tensors of the wrong shape or dtype,
-/// Error(kInvalidArgument) for a bad k, Error(kRuntime) when LibTorch or FAISS fail.
+/// InputError(kInvalidArgument) for a bad k, RuntimeError(kRuntime) when LibTorch or FAISS fail.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -72,7 +72,7 @@ SearchResult cosine_top_k(const at::Tensor& queries, const at::Tensor& gallery, 
 /// @brief A FAISS `IndexFlatIP` over L2-normalised vectors, i.e. exact cosine search, with
 /// FAISS's SIMD kernels and its own file format (faiss::write_index). Available only in builds
 /// configured with DINOV2_WITH_FAISS=ON (Debian: libfaiss-dev); elsewhere every function but
-/// available() throws Error(kInvalidArgument) saying so.
+/// available() throws InputError(kInvalidArgument) saying so.
 ///
 /// Movable and copyable (copies share the index); search() may be called concurrently, add()
 /// must not race with anything.

@@ -398,5 +398,5 @@ TEST_CASE("Error::message is the message without its dinov2: prefix", "[errors]"
   CHECK(InputError("dinov2: the image is empty").message() == "the image is empty");
   CHECK(InputError("the image is empty").message() == "the image is empty");
   CHECK(std::string(InputError("the image is empty").what()) == "dinov2: the image is empty");
-  CHECK(dinov2::Error(dinov2::ErrorCode::kRuntime, "dinov2:tight").message() == "tight");
+  CHECK(dinov2::RuntimeError("dinov2:tight").message() == "tight");
 }

@@ -40,7 +40,7 @@ bool is_zip(const std::string& path) {
 int run_classify(const ClassifyArgs& args) {
   const auto paths = collect_inputs(args.inputs);
   if (paths.empty()) {
-    throw InputError("dinov2: no images found in the inputs given", ErrorCode::kInvalidArgument);
+    throw InputError::invalid_argument("dinov2: no images found in the inputs given");
   }
   const Model model = args.model.load();
   std::optional<LinearClassifier> official;

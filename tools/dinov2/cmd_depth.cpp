@@ -42,7 +42,7 @@ const std::map<std::string, int>& colormaps() {
 int run_depth(const DepthArgs& args) {
   const auto paths = collect_inputs(args.inputs);
   if (paths.empty()) {
-    throw InputError("dinov2: no images found in the inputs given", ErrorCode::kInvalidArgument);
+    throw InputError::invalid_argument("dinov2: no images found in the inputs given");
   }
   make_folder(args.output);
   const Model model = args.model.load();

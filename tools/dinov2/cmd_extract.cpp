@@ -522,7 +522,7 @@ bool finished_run(const std::string& output, const std::string& run_file) {
 /// cannot be written. Normalises a trailing '/' of an npy folder.
 void check_output(ExtractArgs& args) {
   const auto refuse = [](const std::string& why) {
-    throw InputError("dinov2: --output " + why, ErrorCode::kInvalidArgument);
+    throw InputError::invalid_argument("dinov2: --output " + why);
   };
   if (args.output.empty()) {
     refuse("is empty; name a .safetensors file (or a folder with --format npy)");
@@ -640,10 +640,9 @@ int64_t part_input_count(const std::string& path) {
 
 int run_extract(ExtractArgs args) {
   if (args.format == "npy" && args.patch_dtype == "bfloat16" && !args.no_patches) {
-    throw InputError(
+    throw InputError::invalid_argument(
         "dinov2: --patch-dtype bfloat16 cannot be stored in .npy (NumPy has no "
-        "bfloat16); use float16 or float32, or --format safetensors",
-        ErrorCode::kInvalidArgument);
+        "bfloat16); use float16 or float32, or --format safetensors");
   }
   check_output(args);
   const Recipe recipe = parse_recipe(args.recipe);
@@ -652,11 +651,10 @@ int run_extract(ExtractArgs args) {
 
   const std::vector<std::string> all = collect_inputs(args.inputs);
   if (all.empty()) {
-    throw InputError(
+    throw InputError::invalid_argument(
         fmt::format("dinov2: no images found in {} (folders are searched for .jpg, .jpeg, .png, "
                     ".bmp, .tif, .tiff, .webp)",
-                    fmt::join(args.inputs, " ")),
-        ErrorCode::kInvalidArgument);
+                    fmt::join(args.inputs, " ")));
   }
   std::vector<Item> items;
   for (size_t k = 0; k < all.size(); ++k) {

@@ -35,7 +35,7 @@ struct PcaArgs {
 int run_pca(const PcaArgs& args) {
   const auto paths = collect_inputs(args.inputs);
   if (paths.empty()) {
-    throw InputError("dinov2: no images found in the inputs given", ErrorCode::kInvalidArgument);
+    throw InputError::invalid_argument("dinov2: no images found in the inputs given");
   }
   make_folder(args.output);
   const Model model = args.model.load();

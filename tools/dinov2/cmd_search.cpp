@@ -46,10 +46,10 @@ json meta_json(const TensorMetadata& meta, const std::string& key) {
 
 int run_search(const SearchArgs& args) {
   if (!args.index.empty() && !FaissIndex::available()) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "dinov2: --index needs FAISS, and this build has no FAISS support; reconfigure "
-                "with -DDINOV2_WITH_FAISS=ON (needs FAISS, e.g. Debian's libfaiss-dev) or leave "
-                "out --index for the exact search");
+    throw InputError::invalid_argument(
+        "dinov2: --index needs FAISS, and this build has no FAISS support; reconfigure "
+        "with -DDINOV2_WITH_FAISS=ON (needs FAISS, e.g. Debian's libfaiss-dev) or leave "
+        "out --index for the exact search");
   }
   const SafetensorsReader gallery(args.gallery);
   if (!gallery.contains("cls") || gallery.entry("cls").shape.size() != 2) {

@@ -39,7 +39,7 @@ cv::Mat bgr_mat(const at::Tensor& rgb) {
 int run_segment(const SegmentArgs& args) {
   const auto paths = collect_inputs(args.inputs);
   if (paths.empty()) {
-    throw InputError("dinov2: no images found in the inputs given", ErrorCode::kInvalidArgument);
+    throw InputError::invalid_argument("dinov2: no images found in the inputs given");
   }
   make_folder(args.output);
   const Model model = args.model.load();

@@ -150,11 +150,11 @@ Recipe parse_recipe(const std::string& name) {
   try {
     return Recipe::parse(name);
   } catch (const Error&) {
-    throw InputError(fmt::format("dinov2: --recipe '{}' is not a recipe; use square518, eval224, "
-                                 "aligned, or a form such as square(448), "
-                                 "eval_center_crop(256,224), patch_aligned(1036)",
-                                 name),
-                     ErrorCode::kInvalidArgument);
+    throw InputError::invalid_argument(
+        fmt::format("dinov2: --recipe '{}' is not a recipe; use square518, eval224, "
+                    "aligned, or a form such as square(448), "
+                    "eval_center_crop(256,224), patch_aligned(1036)",
+                    name));
   }
 }
 
@@ -162,11 +162,11 @@ void check_recipe(const Recipe& recipe, const Model& model) {
   const int64_t bound = recipe.token_bound();
   const int64_t limit = model.options().max_tokens;
   if (bound > limit) {
-    throw InputError(fmt::format("dinov2: the recipe {} gives images up to {} patch tokens, over "
-                                 "the model's limit of {} (Options::max_tokens); choose a smaller "
-                                 "recipe",
-                                 recipe.to_string(), bound, limit),
-                     ErrorCode::kInvalidArgument);
+    throw InputError::invalid_argument(
+        fmt::format("dinov2: the recipe {} gives images up to {} patch tokens, over "
+                    "the model's limit of {} (Options::max_tokens); choose a smaller "
+                    "recipe",
+                    recipe.to_string(), bound, limit));
   }
 }
 
@@ -215,9 +215,8 @@ std::pair<int64_t, int64_t> parse_shard(const std::string& text) {
     }
   }
   if (i < 0 || n < 1 || i >= n) {
-    throw InputError(
-        fmt::format("dinov2: --shard '{}' must be I/N with 0 <= I < N, e.g. 0/4", text),
-        ErrorCode::kInvalidArgument);
+    throw InputError::invalid_argument(
+        fmt::format("dinov2: --shard '{}' must be I/N with 0 <= I < N, e.g. 0/4", text));
   }
   return {i, n};
 }
