@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "dinov2/error.hpp"
+#include "dinov2/model.hpp"
 
 // SSE2 (every x86-64 CPU) speeds up the 8-bit passes with bit-identical results; other CPUs, or a
 // build with DINOV2_NO_SIMD defined, use the scalar loops.
@@ -1083,6 +1084,20 @@ Preprocessor::Preprocessor(Recipe recipe, Normalization normalization)
           c, normalization_.mean[c], normalization_.stddev[c]));
     }
   }
+}
+
+Preprocessor Preprocessor::for_model(const Model& model, Recipe recipe) {
+  const ModelInfo& info = model.info();
+  if (info.patch_size != kPatchSize) {
+    bad_argument(text(
+        "dinov2: Preprocessor::for_model: the model '{}' has {}-pixel patches; the recipes plan "
+        "{}-pixel patches (every DINOv2 backbone)",
+        info.variant, info.patch_size, kPatchSize));
+  }
+  Normalization normalization;
+  normalization.mean = info.mean;
+  normalization.stddev = info.std;
+  return Preprocessor(recipe, normalization);
 }
 
 Batch Preprocessor::operator()(const ImageView& image) const {

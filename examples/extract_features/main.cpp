@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
-// Extract features: load a backbone, preprocess images with the official evaluation transform,
-// run the model in batches and save the CLS and patch tokens as a safetensors file.
+// Extract features: a Pipeline reads the images (decoding on a worker thread while the model
+// runs), preprocesses them with the official evaluation transform and the model's normalisation,
+// batches them and returns per image its features or why it failed; the CLS and patch tokens of
+// the images that could be read are saved as a safetensors file.
 //
 //   extract_features MODEL.pt OUT.safetensors IMAGE...
+#include <dinov2/error.hpp>
 #include <dinov2/io.hpp>
 #include <dinov2/model.hpp>
-#include <dinov2/opencv.hpp>
-#include <dinov2/preprocess.hpp>
+#include <dinov2/pipeline.hpp>
 
 #include <ATen/ATen.h>
 
@@ -20,37 +22,34 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    const dinov2::Model model = dinov2::Model::load(argv[1]);
-    const auto& info = model.info();
-    const dinov2::Preprocessor pre(
-        dinov2::Recipe::eval_center_crop(256, 224),
-        dinov2::Normalization::from({info.mean[0], info.mean[1], info.mean[2]},
-                                    {info.std[0], info.std[1], info.std[2]}));
+    const auto model = dinov2::Model::load(argv[1]);
+    const dinov2::Pipeline pipeline(model, dinov2::Recipe::eval_center_crop(256, 224));
 
-    std::vector<std::string> paths(argv + 3, argv + argc);
     std::vector<at::Tensor> cls, patches;
-    const size_t batch_size = 8;
-    for (size_t begin = 0; begin < paths.size(); begin += batch_size) {
-      // Every image becomes 224 x 224, so any images can share a batch.
-      std::vector<cv::Mat> images;
-      for (size_t i = begin; i < std::min(paths.size(), begin + batch_size); ++i) {
-        images.push_back(dinov2::load_image(paths[i]));
+    std::string paths;
+    for (auto& r : pipeline.run(dinov2::ImageSource::files({argv + 3, argv + argc}))) {
+      if (!r.ok()) {
+        std::cerr << "skipped " << r.name << ": " << r.error << "\n";
+        continue;
       }
-      const dinov2::Batch batch = pre(dinov2::image_views(images));
-      const dinov2::Features features = model.extract_features(batch);
-      cls.push_back(features.cls.cpu());          // [B, D]
-      patches.push_back(features.patches.cpu());  // [B, 16, 16, D]
-      std::cout << "extracted " << begin + images.size() << " of " << paths.size() << "\n";
+      cls.push_back(r.cls);          // [D]
+      patches.push_back(r.patches);  // [16, 16, D]
+      paths += (paths.empty() ? "" : "\n") + r.name;
+    }
+    if (cls.empty()) {
+      std::cerr << "none of the images could be read\n";
+      return 1;
     }
 
-    std::string list;
-    for (const auto& p : paths) list += (list.empty() ? "" : "\n") + p;
+    const auto& info = model.info();
     dinov2::save_safetensors(
-        argv[2], dinov2::NamedTensors{{"cls", at::cat(cls)}, {"patch", at::cat(patches)}},
-        {{"variant", info.variant}, {"recipe", pre.recipe().to_string()}, {"paths", list}});
-    std::cout << info.variant << ": cls " << at::cat(cls).sizes() << ", patches "
-              << at::cat(patches).sizes() << " -> " << argv[2] << "\n";
-    return 0;
+        argv[2], dinov2::NamedTensors{{"cls", at::stack(cls)}, {"patch", at::stack(patches)}},
+        {{"variant", info.variant},
+         {"recipe", pipeline.preprocessor().recipe().to_string()},
+         {"paths", paths}});
+    std::cout << info.variant << ": " << cls.size() << " of " << argc - 3 << " images, cls "
+              << at::stack(cls).sizes() << " -> " << argv[2] << "\n";
+    return cls.size() == static_cast<size_t>(argc - 3) ? 0 : 3;
   } catch (const dinov2::Error& e) {
     std::cerr << e.what() << "\n";
     return 1;

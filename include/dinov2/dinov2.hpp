@@ -18,6 +18,7 @@
 #include "dinov2/options.hpp"
 #include "dinov2/patch_grid.hpp"
 #include "dinov2/pca.hpp"
+#include "dinov2/pipeline.hpp"
 #include "dinov2/preprocess.hpp"
 #include "dinov2/probe.hpp"
 #include "dinov2/retrieval.hpp"

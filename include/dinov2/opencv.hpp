@@ -23,12 +23,14 @@
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "dinov2/error.hpp"
 #include "dinov2/image.hpp"
+#include "dinov2/pipeline.hpp"
 #include "dinov2/preprocess.hpp"
 
 namespace dinov2 {
@@ -126,6 +128,17 @@ inline std::vector<ImageView> image_views(const std::vector<cv::Mat>& images,
     }
   }
   return views;
+}
+
+/// @brief A cv::Mat as a Pipeline input. The Mat's pixels are shared, not copied (cv::Mat counts
+/// references), and kept alive until the Pipeline has preprocessed them; do not write to them
+/// meanwhile. Accepts what image_view() accepts, and throws InputError as it does.
+/// @param name labels the image in results and failure reasons.
+/// @param order colour order of `image`: kBGR (default) for what cv::imread returns.
+inline ImageSource image_source(const cv::Mat& image, std::string name = "",
+                                ChannelOrder order = ChannelOrder::kBGR) {
+  const ImageView view = image_view(image, order);
+  return ImageSource::pixels(view, std::make_shared<const cv::Mat>(image), std::move(name));
 }
 
 /// @brief A decoded image, owning its pixels, or the reason it could not be read.

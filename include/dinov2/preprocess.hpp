@@ -24,6 +24,8 @@
 
 namespace dinov2 {
 
+class Model;
+
 /// @brief Pixels per patch side of every DINOv2 backbone; recipe sizes are multiples of it.
 inline constexpr int kPatchSize = 14;
 
@@ -193,6 +195,11 @@ class Preprocessor {
   /// @brief A preprocessor for `recipe` (default Recipe::square(518)) and `normalization`
   /// (default ImageNet).
   explicit Preprocessor(Recipe recipe = Recipe::square(), Normalization normalization = {});
+  /// @brief The preprocessor `model` expects under `recipe`: the normalisation stored in the
+  /// model file (ModelInfo::mean and std). Throws InputError (kInvalidArgument) when the file's
+  /// patch size is not kPatchSize (every recipe plans in 14-pixel patches) or its normalisation
+  /// is not finite with positive std.
+  static Preprocessor for_model(const Model& model, Recipe recipe = Recipe::square());
 
   /// @brief The recipe applied.
   const Recipe& recipe() const noexcept { return recipe_; }

@@ -534,6 +534,13 @@ def test_extract_pca_and_depth_examples(tmp_path, model, full_model):
     assert r.returncode == 0, r.stderr
     tensors, _ = load_features(feats)
     assert tensors["cls"].shape == (3, 384) and tensors["patch"].shape == (3, 16, 16, 384)
+    # A file that is not an image comes back from the Pipeline as a value: reported, skipped.
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image at all")
+    r = example("extract_features", model, tmp_path / "g.safetensors", broken, photos()[0])
+    assert r.returncode == 3, r.stderr
+    assert f"skipped {broken}: not an image in a supported format" in r.stderr
+    assert load_features(tmp_path / "g.safetensors")[0]["cls"].shape == (1, 384)
     p = example("pca_visualize", model, tmp_path / "pca", *photos()[:2])
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "pca" / "sheet.png").exists()

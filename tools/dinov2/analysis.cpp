@@ -16,16 +16,15 @@
 #include "dinov2/error.hpp"
 #include "dinov2/io.hpp"
 #include "dinov2/opencv.hpp"
+#include "dinov2/pipeline.hpp"
 
 namespace dinov2::cli {
 
 namespace fs = std::filesystem;
 
 Preprocessor model_preprocessor(const Model& model, const Recipe& recipe) {
-  check_recipe(recipe, model);
-  const auto& info = model.info();
-  return Preprocessor(recipe, Normalization::from({info.mean[0], info.mean[1], info.mean[2]},
-                                                  {info.std[0], info.std[1], info.std[2]}));
+  check_token_bound(model, recipe);
+  return Preprocessor::for_model(model, recipe);
 }
 
 std::optional<InputImage> read_input(const std::string& path, const Preprocessor& pre) {
@@ -54,59 +53,37 @@ at::Tensor rgb_tensor(const cv::Mat& bgr) {
 
 Embeddings embed_images(const Model& model, const Preprocessor& pre,
                         const std::vector<std::string>& paths, int batch) {
+  const Pipeline pipeline(model, pre.recipe(),
+                          PipelineOptions{}.with_batch_size(batch).with_limits(input_limits()));
   Embeddings out;
   std::vector<at::Tensor> cls, pooled;
-  std::vector<InputImage> pending;
-  std::vector<int64_t> pending_rows;
-  auto flush = [&] {
-    if (pending.empty()) return;
-    std::vector<at::Tensor> pixels;
-    for (const auto& p : pending) pixels.push_back(p.batch.pixels);
-    const Features f = model.extract_features(at::cat(pixels));
-    cls.push_back(f.cls.cpu());
-    pooled.push_back(f.pooled().cpu());
-    for (size_t i = 0; i < pending.size(); ++i) {
-      out.paths.push_back(pending[i].path);
-      out.rows.push_back(pending_rows[i]);
-    }
-    pending.clear();
-    pending_rows.clear();
-  };
   Progress progress(static_cast<int64_t>(paths.size()), 0);
-  for (size_t i = 0; i < paths.size(); ++i) {
-    ImageFile file = read_image(paths[i]);
-    std::optional<Batch> b;
-    std::string error = file.error;
-    if (file.ok()) {
-      try {
-        b = pre(image_view(file.image));
-      } catch (const InputError& e) {
-        error = e.message();
-      }
-    }
-    if (!b) {
-      progress.message(fmt::format("dinov2: skipped {}: {}", paths[i], error));
-      out.failed.emplace_back(paths[i], error);
-      progress.advance(1);
-      continue;
-    }
-    if (!pending.empty() && (pending.front().batch.pixels.sizes() != b->pixels.sizes() ||
-                             static_cast<int>(pending.size()) >= batch)) {
-      flush();
-    }
-    InputImage image;
-    image.path = paths[i];
-    image.batch = std::move(*b);
-    pending.push_back(std::move(image));
-    pending_rows.push_back(static_cast<int64_t>(i));
-    progress.advance(1);
-  }
-  flush();
+  RunControl control;
+  std::size_t shown = 0;
+  control.on_progress = [&](const PipelineProgress& p) {
+    progress.advance(static_cast<int64_t>(p.done - shown));
+    shown = p.done;
+  };
+  pipeline.run(
+      ImageSource::files(paths),
+      [&](ImageFeatures&& r) {
+        if (!r.ok()) {
+          progress.message(fmt::format("dinov2: skipped {}: {}", r.name, r.error));
+          out.failed.emplace_back(r.name, r.error);
+          return;
+        }
+        out.paths.push_back(r.name);
+        out.rows.push_back(static_cast<int64_t>(r.index));
+        // Copies: a view would keep its whole batch's patch features alive.
+        cls.push_back(r.cls.clone());
+        pooled.push_back(at::cat({r.cls, r.patches.mean({0, 1})}));
+      },
+      control);
   const std::string timing = progress.finish();
   if (!progress.interactive()) std::cerr << "dinov2: features of " << timing << "\n";
   const int64_t d = model.info().embed_dim;
-  out.cls = cls.empty() ? at::empty({0, d}, at::kFloat) : at::cat(cls);
-  out.pooled = pooled.empty() ? at::empty({0, 2 * d}, at::kFloat) : at::cat(pooled);
+  out.cls = cls.empty() ? at::empty({0, d}, at::kFloat) : at::stack(cls);
+  out.pooled = pooled.empty() ? at::empty({0, 2 * d}, at::kFloat) : at::stack(pooled);
   return out;
 }
 

@@ -19,7 +19,6 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <future>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -32,7 +31,7 @@
 #include "dinov2/error.hpp"
 #include "dinov2/io.hpp"
 #include "dinov2/model.hpp"
-#include "dinov2/opencv.hpp"
+#include "dinov2/pipeline.hpp"
 #include "dinov2/preprocess.hpp"
 #include "dinov2/runtime.hpp"
 #include "dinov2/version.hpp"
@@ -73,16 +72,6 @@ struct Failure {
   std::string reason;
 };
 
-struct LoadedImage {
-  Item item;
-  Batch batch;  // one image: pixels [1, 3, H, W] and its grid
-};
-
-struct LoadedChunk {
-  std::vector<LoadedImage> images;
-  std::vector<Failure> failures;
-};
-
 /// One extracted image: what a part file stores per row.
 struct Row {
   Item item;
@@ -117,74 +106,6 @@ uint64_t fnv1a(const std::vector<Item>& items) {
     mix("\n");
   }
   return h;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Reading and running one chunk
-
-LoadedChunk load_chunk(const std::vector<Item>& items, const Preprocessor& preprocessor,
-                       bool apply_exif_orientation) {
-  LoadedChunk chunk;
-  for (const auto& item : items) {
-    ImageFile file = read_image(item.path, apply_exif_orientation);
-    if (!file.ok()) {
-      chunk.failures.push_back({item.index, item.path, file.error});
-      continue;
-    }
-    try {
-      chunk.images.push_back({item, preprocessor(image_view(file.image))});
-    } catch (const Error& e) {
-      chunk.failures.push_back({item.index, item.path, e.message()});
-    }
-  }
-  return chunk;
-}
-
-std::vector<Row> run_chunk(const Model& model, LoadedChunk& chunk, int batch_size, bool patches,
-                           at::ScalarType patch_dtype) {
-  // Batches share an input size: group by size in order of first appearance, then slice.
-  std::vector<std::vector<size_t>> groups;
-  std::map<std::pair<int64_t, int64_t>, size_t> group_of;
-  for (size_t i = 0; i < chunk.images.size(); ++i) {
-    const auto& px = chunk.images[i].batch.pixels;
-    const auto key = std::make_pair(px.size(2), px.size(3));
-    auto it = group_of.find(key);
-    if (it == group_of.end()) {
-      it = group_of.emplace(key, groups.size()).first;
-      groups.emplace_back();
-    }
-    groups[it->second].push_back(i);
-  }
-  std::vector<Row> rows;
-  for (const auto& group : groups) {
-    for (size_t begin = 0; begin < group.size(); begin += static_cast<size_t>(batch_size)) {
-      const size_t end = std::min(group.size(), begin + static_cast<size_t>(batch_size));
-      std::vector<at::Tensor> pixels;
-      Batch batch;
-      for (size_t k = begin; k < end; ++k) {
-        auto& image = chunk.images[group[k]];
-        pixels.push_back(image.batch.pixels);
-        batch.grids.push_back(image.batch.grids.at(0));
-      }
-      batch.pixels = at::cat(pixels, 0);
-      const Features f = model.extract_features(batch).cpu();
-      for (size_t k = begin; k < end; ++k) {
-        const auto b = static_cast<int64_t>(k - begin);
-        auto& image = chunk.images[group[k]];
-        Row row;
-        row.item = image.item;
-        row.grid = f.grids.at(static_cast<size_t>(b));
-        row.cls = f.cls[b].contiguous();
-        row.registers = f.registers[b].contiguous();
-        if (patches) row.patch = f.patches[b].to(patch_dtype).contiguous();
-        rows.push_back(std::move(row));
-      }
-      for (size_t k = begin; k < end; ++k) chunk.images[group[k]].batch.pixels = at::Tensor();
-    }
-  }
-  std::sort(rows.begin(), rows.end(),
-            [](const Row& a, const Row& b) { return a.item.index < b.item.index; });
-  return rows;
 }
 
 void write_part(const std::string& path, int64_t chunk_index, const std::vector<Row>& rows,
@@ -665,22 +586,31 @@ int run_extract(ExtractArgs args) {
   std::cerr << "dinov2 extract: CPU " << to_string(cpu_info()) << "\n";
   const Model model = args.model.load();
   std::cerr << "dinov2 extract: " << describe_model(model) << "\n";
-  check_recipe(recipe, model);
   const ModelInfo& info = model.info();
-  const Preprocessor preprocessor(recipe,
-                                  Normalization::from({info.mean[0], info.mean[1], info.mean[2]},
-                                                      {info.std[0], info.std[1], info.std[2]}));
-
   // Fixed-size recipes fill every batch; aligned ones take several batches' worth of inputs per
   // chunk so that images of one shape can still share a batch.
   const int64_t chunk_size =
       recipe.kind() == Recipe::Kind::kPatchAligned ? 4 * int64_t{args.batch} : args.batch;
+  // The library's Pipeline decodes the next chunk on a worker thread while the model runs this
+  // one. Every chunk but the last is full, so its windows of chunk_size inputs are exactly the
+  // chunks still to do, batched as in an uninterrupted run.
+  const Pipeline pipeline(model, recipe,
+                          PipelineOptions{}
+                              .with_batch_size(args.batch)
+                              .with_window(chunk_size)
+                              .with_limits(input_limits())
+                              .with_exif_orientation(!args.ignore_orientation)
+                              .with_patches(!args.no_patches));
   const int64_t chunks = static_cast<int64_t>((items.size() + static_cast<size_t>(chunk_size) - 1) /
                                               static_cast<size_t>(chunk_size));
   const std::string parts_dir = args.output + ".parts";
   const json fingerprint = run_fingerprint(args, info, recipe, chunk_size, items);
   prepare_parts_dir(args, parts_dir, fingerprint);
 
+  auto chunk_input_count = [&](int64_t c) {
+    return std::min<int64_t>((c + 1) * chunk_size, static_cast<int64_t>(items.size())) -
+           c * chunk_size;
+  };
   auto chunk_items = [&](int64_t c) {
     const auto begin = items.begin() + c * chunk_size;
     const auto end =
@@ -707,27 +637,36 @@ int run_extract(ExtractArgs args) {
   const bool patches = !args.no_patches;
   const at::ScalarType patch_dtype = scalar_type_of(args.patch_dtype);
 
-  // Decoding and preprocessing of the next chunk overlap with the model on the current one.
-  std::future<LoadedChunk> next;
-  auto start_loading = [&](size_t t) {
-    if (t < todo.size()) {
-      next = std::async(std::launch::async, load_chunk, chunk_items(todo[t]),
-                        std::cref(preprocessor), !args.ignore_orientation);
+  std::vector<Item> todo_items;
+  std::vector<ImageSource> sources;
+  for (const int64_t c : todo) {
+    for (auto& item : chunk_items(c)) {
+      sources.push_back(ImageSource::file(item.path));
+      todo_items.push_back(std::move(item));
     }
-  };
-  start_loading(0);
-  for (size_t t = 0; t < todo.size(); ++t) {
-    LoadedChunk chunk = next.get();
-    start_loading(t + 1);
-    for (const auto& f : chunk.failures) {
-      progress.message(fmt::format("dinov2: skipped {}: {}", f.path, f.reason));
-    }
-    const int64_t inputs = static_cast<int64_t>(chunk.images.size() + chunk.failures.size());
-    const std::vector<Row> rows = run_chunk(model, chunk, args.batch, patches, patch_dtype);
-    write_part((fs::path(parts_dir) / part_name(todo[t])).string(), todo[t], rows, chunk.failures,
-               info);
-    progress.advance(inputs);
   }
+  std::vector<Row> rows;
+  std::vector<Failure> failures;
+  size_t t = 0;  // the chunk being filled: todo[t]
+  pipeline.run(sources, [&](ImageFeatures&& result) {
+    const Item& item = todo_items[result.index];
+    if (result.ok()) {
+      rows.push_back({item, result.grid, std::move(result.cls), std::move(result.registers),
+                      patches ? result.patches.to(patch_dtype).contiguous() : at::Tensor()});
+    } else {
+      progress.message(fmt::format("dinov2: skipped {}: {}", item.path, result.error));
+      failures.push_back({item.index, item.path, std::move(result.error)});
+    }
+    const size_t inputs = rows.size() + failures.size();
+    if (static_cast<int64_t>(inputs) == chunk_input_count(todo[t])) {
+      write_part((fs::path(parts_dir) / part_name(todo[t])).string(), todo[t], rows, failures,
+                 info);
+      progress.advance(static_cast<int64_t>(inputs));
+      rows.clear();
+      failures.clear();
+      ++t;
+    }
+  });
   const std::string timing = progress.finish();
 
   json metadata = {

@@ -158,18 +158,6 @@ Recipe parse_recipe(const std::string& name) {
   }
 }
 
-void check_recipe(const Recipe& recipe, const Model& model) {
-  const int64_t bound = recipe.token_bound();
-  const int64_t limit = model.options().max_tokens;
-  if (bound > limit) {
-    throw InputError::invalid_argument(
-        fmt::format("dinov2: the recipe {} gives images up to {} patch tokens, over "
-                    "the model's limit of {} (Options::max_tokens); choose a smaller "
-                    "recipe",
-                    recipe.to_string(), bound, limit));
-  }
-}
-
 void check_finite_rows(const at::Tensor& rows, int64_t first_row, const std::string& what) {
   const at::Tensor bad = at::logical_not(at::isfinite(rows)).flatten(1).any(1);
   if (!bad.any().item<bool>()) return;

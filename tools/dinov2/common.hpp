@@ -61,9 +61,6 @@ nlohmann::json runtime_metadata(const Model& model);
 /// @brief The names --recipe accepts: square518, eval224, aligned, or any text Recipe::parse
 /// reads ("square(448)", "patch_aligned(1036,8192)", ...).
 Recipe parse_recipe(const std::string& name);
-/// @brief Throws InputError (kInvalidArgument) before any image is read when `recipe` can give an
-/// image more patch tokens than the model takes (Options::max_tokens), e.g. resize(14000,14000).
-void check_recipe(const Recipe& recipe, const Model& model);
 /// @brief Throws InputError naming the first row of `rows` ([N, ...]) that holds NaN or Inf,
 /// counted from `first_row`, in `what` (e.g. "the gallery g.safetensors"): such a row would give
 /// NaN scores that rank as nothing.
