@@ -5,7 +5,6 @@
 
 #include <ATen/core/Tensor.h>
 
-#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -32,14 +31,6 @@ struct PatchGrid {
   int64_t width() const { return cols * patch_size; }
   /// @brief Number of patch tokens (rows * cols).
   int64_t tokens() const { return rows * cols; }
-
-  /// @brief Centre of patch (row, col) in original-image pixel coordinates, as {x, y}.
-  std::array<double, 2> patch_center(int64_t row, int64_t col) const {
-    const double sx = crop_width / static_cast<double>(width());
-    const double sy = crop_height / static_cast<double>(height());
-    return {crop_x + (static_cast<double>(col) + 0.5) * patch_size * sx,
-            crop_y + (static_cast<double>(row) + 0.5) * patch_size * sy};
-  }
 
   /// @brief A grid for a raw model input of height x width pixels with no preprocessing.
   static PatchGrid for_input(int64_t height, int64_t width, int patch = 14) {
