@@ -170,6 +170,28 @@ int images_exit_status(size_t failed, size_t total) {
   return kExitInputsFailed;
 }
 
+std::vector<std::string> require_images(const std::vector<std::string>& inputs) {
+  auto paths = collect_inputs(inputs);
+  if (paths.empty()) {
+    throw InputError::invalid_argument("dinov2: no images found in the inputs given");
+  }
+  return paths;
+}
+
+int for_each_image(const std::vector<std::string>& paths, const Preprocessor& pre,
+                   const std::function<void(const InputImage&)>& fn) {
+  size_t failed = 0;
+  for (const auto& path : paths) {
+    const auto image = read_input(path, pre);
+    if (image) {
+      fn(*image);
+    } else {
+      ++failed;
+    }
+  }
+  return images_exit_status(failed, paths.size());
+}
+
 std::string format_confusion(const at::Tensor& confusion, const std::vector<std::string>& names) {
   const int64_t c = confusion.size(0);
   std::vector<std::string> labels;

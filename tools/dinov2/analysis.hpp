@@ -9,6 +9,7 @@
 #include <opencv2/core.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <set>
 #include <string>
@@ -82,6 +83,16 @@ void write_png(const std::string& path, const cv::Mat& image);
 /// Exit status of a run over `total` images of which `failed` could not be read: kExitSuccess,
 /// or kExitInputsFailed after saying how many failed on stderr.
 int images_exit_status(size_t failed, size_t total);
+
+/// @brief The image paths the positional inputs name (collect_inputs); throws InputError
+/// (kInvalidArgument) when they name none.
+std::vector<std::string> require_images(const std::vector<std::string>& inputs);
+
+/// @brief Reads and preprocesses each image of `paths` in turn (read_input) and calls `fn` with
+/// it; an image that cannot be read is reported and skipped.
+/// @return images_exit_status of the run.
+int for_each_image(const std::vector<std::string>& paths, const Preprocessor& pre,
+                   const std::function<void(const InputImage&)>& fn);
 
 /// @brief A table of counts with row and column labels, for confusion matrices.
 std::string format_confusion(const at::Tensor& confusion, const std::vector<std::string>& names);

@@ -38,10 +38,7 @@ bool is_zip(const std::string& path) {
 }
 
 int run_classify(const ClassifyArgs& args) {
-  const auto paths = collect_inputs(args.inputs);
-  if (paths.empty()) {
-    throw InputError::invalid_argument("dinov2: no images found in the inputs given");
-  }
+  const auto paths = require_images(args.inputs);
   const Model model = args.model.load();
   std::optional<LinearClassifier> official;
   std::optional<LinearProbe> probe;
@@ -65,18 +62,13 @@ int run_classify(const ClassifyArgs& args) {
   const Preprocessor pre =
       model_preprocessor(model, parse_recipe(args.recipe.empty() ? default_recipe : args.recipe));
 
-  int64_t failed = 0;
-  for (const auto& path : paths) {
-    const auto image = read_input(path, pre);
-    if (!image) {
-      ++failed;
-      continue;
-    }
+  return for_each_image(paths, pre, [&](const InputImage& image) {
+    const std::string& path = image.path;
     std::vector<ClassScore> top;
     if (official) {
-      top = official->top_k(official->logits(model, image->batch.pixels), k)[0];
+      top = official->top_k(official->logits(model, image.batch.pixels), k)[0];
     } else {
-      const Features f = model.extract_features(image->batch);
+      const Features f = model.extract_features(image.batch);
       const bool cls =
           probe->metadata().count("features") && probe->metadata().at("features") == "cls";
       const at::Tensor x = cls ? f.cls : f.pooled();
@@ -103,8 +95,7 @@ int run_classify(const ClassifyArgs& args) {
       std::cout << fmt::format("  {}  {:.4f}  {} ({})\n", j + 1, top[j].probability, top[j].name,
                                top[j].index);
     }
-  }
-  return images_exit_status(failed, paths.size());
+  });
 }
 
 }  // namespace

@@ -40,24 +40,16 @@ const std::map<std::string, int>& colormaps() {
 }
 
 int run_depth(const DepthArgs& args) {
-  const auto paths = collect_inputs(args.inputs);
-  if (paths.empty()) {
-    throw InputError::invalid_argument("dinov2: no images found in the inputs given");
-  }
+  const auto paths = require_images(args.inputs);
   make_folder(args.output);
   const Model model = args.model.load();
   const DepthHead head = DepthHead::load(args.head, model);
   const Preprocessor pre = model_preprocessor(model, parse_recipe(args.recipe));
   std::set<std::string> used;
-  int64_t failed = 0;
-  for (const auto& path : paths) {
-    const auto image = read_input(path, pre);
-    if (!image) {
-      ++failed;
-      continue;
-    }
-    const PatchGrid& grid = image->batch.grids[0];
-    const at::Tensor depth = head.predict(model, image->batch.pixels)[0].cpu();  // [H, W] metres
+  return for_each_image(paths, pre, [&](const InputImage& image) {
+    const std::string& path = image.path;
+    const PatchGrid& grid = image.batch.grids[0];
+    const at::Tensor depth = head.predict(model, image.batch.pixels)[0].cpu();  // [H, W] metres
     const double lo = depth.min().item<double>(), hi = depth.max().item<double>();
     // Near is bright: 255 at the nearest depth of this image, 0 at the farthest.
     const at::Tensor scaled =
@@ -89,8 +81,7 @@ int run_depth(const DepthArgs& args) {
     }
     std::cout << fmt::format("{} -> {}: depth {:.3f} .. {:.3f} m (median {:.3f} m)\n", path, out,
                              lo, hi, depth.median().item<double>());
-  }
-  return images_exit_status(failed, paths.size());
+  });
 }
 
 }  // namespace

@@ -33,10 +33,7 @@ struct PcaArgs {
 };
 
 int run_pca(const PcaArgs& args) {
-  const auto paths = collect_inputs(args.inputs);
-  if (paths.empty()) {
-    throw InputError::invalid_argument("dinov2: no images found in the inputs given");
-  }
+  const auto paths = require_images(args.inputs);
   make_folder(args.output);
   const Model model = args.model.load();
   const Preprocessor pre = model_preprocessor(model, parse_recipe(args.recipe));

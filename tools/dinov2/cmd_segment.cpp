@@ -37,25 +37,17 @@ cv::Mat bgr_mat(const at::Tensor& rgb) {
 }
 
 int run_segment(const SegmentArgs& args) {
-  const auto paths = collect_inputs(args.inputs);
-  if (paths.empty()) {
-    throw InputError::invalid_argument("dinov2: no images found in the inputs given");
-  }
+  const auto paths = require_images(args.inputs);
   make_folder(args.output);
   const Model model = args.model.load();
   const SegmentationHead head = SegmentationHead::load(args.head, model);
   const HeadInfo& info = head.info();
   const Preprocessor pre = model_preprocessor(model, parse_recipe(args.recipe));
   std::set<std::string> used;
-  int64_t failed = 0;
-  for (const auto& path : paths) {
-    const auto image = read_input(path, pre);
-    if (!image) {
-      ++failed;
-      continue;
-    }
-    const PatchGrid& grid = image->batch.grids[0];
-    const at::Tensor logits = head.logits(model, image->batch.pixels);
+  return for_each_image(paths, pre, [&](const InputImage& image) {
+    const std::string& path = image.path;
+    const PatchGrid& grid = image.batch.grids[0];
+    const at::Tensor logits = head.logits(model, image.batch.pixels);
     // Labels at the size of the region the model saw, placed on the original image.
     const int64_t x0 = std::llround(grid.crop_x), y0 = std::llround(grid.crop_y);
     const int64_t x1 =
@@ -70,7 +62,7 @@ int run_segment(const SegmentArgs& args) {
     write_png(out, bgr_mat(full));
     if (args.overlay) {
       cv::Mat blended;
-      cv::addWeighted(image->bgr, 0.5, bgr_mat(full), 0.5, 0.0, blended);
+      cv::addWeighted(image.bgr, 0.5, bgr_mat(full), 0.5, 0.0, blended);
       write_png(out.substr(0, out.size() - 8) + "_overlay.png", blended);
     }
     // The three largest classes of the image, by pixel share.
@@ -88,8 +80,7 @@ int run_segment(const SegmentArgs& args) {
       summary += fmt::format("{}{} {:.1f} %", j ? ", " : "", name, 100.0 * share);
     }
     std::cout << fmt::format("{} -> {}: {}\n", path, out, summary);
-  }
-  return images_exit_status(failed, paths.size());
+  });
 }
 
 }  // namespace
