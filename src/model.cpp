@@ -160,7 +160,11 @@ ModelInfo parse_metadata(const std::string& text, const std::string& path) {
   info.metadata_json = text;
   if (j.contains("backend") && j["backend"].is_object()) {
     const json& b = j["backend"];
-    info.backend = required<std::string>(b, "kind", path);
+    const auto kind = required<std::string>(b, "kind", path);
+    if (kind != "torchscript" && kind != "aotinductor") {
+      bad_metadata(path, "backend.kind '" + kind + "' is neither 'torchscript' nor 'aotinductor'");
+    }
+    info.backend = kind == "aotinductor" ? Backend::kAOTInductor : Backend::kTorchScript;
     const auto size = required<std::vector<int64_t>>(b, "resolution", path);
     if (size.size() != 2 || size[0] <= 0 || size[1] <= 0) {
       bad_metadata(path, "backend.resolution must hold two positive numbers");
@@ -410,6 +414,9 @@ Features Features::cpu() const {
 // -- Model ------------------------------------------------------------------------------------
 
 struct Model::Impl {
+  /// Opens and checks an AOTInductor package (.pt2).
+  static std::unique_ptr<Impl> open_package(const std::string& path, Options options);
+
   torch::jit::Module module;
   /// Set instead of `module` for an AOTInductor package.
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> package;
@@ -647,7 +654,7 @@ Model Model::load_checked(const std::string& path, Options options) {
   }
   check_file(path);
   check_device(options);
-  if (is_package_path(path)) return load_package(path, std::move(options));
+  if (is_package_path(path)) return Model(Impl::open_package(path, std::move(options)));
 
   auto impl = std::make_unique<Impl>();
   torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}, {kHeadMetadataFile, ""}};
@@ -774,7 +781,7 @@ Model Model::load_checked(const std::string& path, Options options) {
   return Model(std::move(impl));
 }
 
-Model Model::load_package(const std::string& path, Options options) {
+std::unique_ptr<Model::Impl> Model::Impl::open_package(const std::string& path, Options options) {
   auto impl = std::make_unique<Impl>();
   try {
     const auto meta =
@@ -801,7 +808,7 @@ Model Model::load_package(const std::string& path, Options options) {
     throw ModelFileError(c10::str("dinov2: '", path, "' is not a readable AOTInductor package (",
                                   e.what(), "); compile one with dinov2-export --aot"));
   }
-  if (impl->info.backend != "aotinductor") {
+  if (impl->info.backend != Backend::kAOTInductor) {
     bad_metadata(path, "a .pt2 package must describe an 'aotinductor' backend");
   }
   if (options.dtype == DType::kAuto) {
@@ -834,7 +841,7 @@ Model Model::load_package(const std::string& path, Options options) {
                                   "); it must be compiled with the PyTorch version this library "
                                   "links"));
   }
-  return Model(std::move(impl));
+  return impl;
 }
 
 const ModelInfo& Model::info() const { return impl_->info; }

@@ -20,6 +20,18 @@
 
 namespace dinov2 {
 
+/// @brief How a backbone file runs.
+enum class Backend {
+  kTorchScript,  ///< a .pt file: any resolution and batch, every method
+  kAOTInductor,  ///< a .pt2 package compiled by dinov2-export --aot for one input size:
+                 ///< extract_features only
+};
+
+/// @brief "torchscript" or "aotinductor", as the metadata names them.
+inline const char* to_string(Backend b) {
+  return b == Backend::kAOTInductor ? "aotinductor" : "torchscript";
+}
+
 /// @brief What a backbone file says about itself: its embedded metadata (docs/FORMAT.md).
 struct ModelInfo {
   std::string variant;              ///< hub name, e.g. "dinov2_vits14_reg"
@@ -41,13 +53,20 @@ struct ModelInfo {
   std::string weights_sha256;       ///< digest of the source weights
   std::string metadata_json;        ///< the embedded metadata, verbatim
   int format_version = 0;           ///< file format version (<= kFormatVersion)
-  /// "torchscript" (a .pt file: any resolution and batch, every method) or "aotinductor" (a
-  /// .pt2 package compiled by dinov2-export --aot for one resolution; extract_features only).
-  std::string backend = "torchscript";
+  /// How the file runs: Backend::kTorchScript (a .pt file) or Backend::kAOTInductor (a .pt2
+  /// package); any_input_size() and all_methods() say what that allows.
+  Backend backend = Backend::kTorchScript;
   /// AOTInductor packages: the {height, width} in pixels they were compiled for; {0, 0} else.
   std::array<int64_t, 2> compiled_size{};
   /// AOTInductor packages: the largest batch one call takes (larger batches are split); 0 else.
   int64_t max_batch = 0;
+
+  /// @brief Whether the file takes any batch and any input size that is a multiple of the patch
+  /// size (TorchScript), rather than compiled_size only (AOTInductor).
+  bool any_input_size() const noexcept { return backend == Backend::kTorchScript; }
+  /// @brief Whether intermediate_layers and cls_attention run on this file (TorchScript), not
+  /// extract_features alone (AOTInductor).
+  bool all_methods() const noexcept { return backend == Backend::kTorchScript; }
 };
 
 /// @brief A DINOv2 backbone ready for inference.
@@ -134,7 +153,6 @@ class Model {
   struct Impl;
   explicit Model(std::unique_ptr<Impl> impl);
   static Model load_checked(const std::string& path, Options options);
-  static Model load_package(const std::string& path, Options options);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -690,10 +690,13 @@ TEST_CASE("an AOTInductor package gives the TorchScript file's features", "[mode
   const std::string name = GENERATE(as<std::string>{}, "aot_s2reg", "aot_s2");
   const auto& r = refs(name);
   const auto package = dinov2::Model::load(data_path(name + ".pt2"));
-  CHECK(package.info().backend == "aotinductor");
+  CHECK(package.info().backend == dinov2::Backend::kAOTInductor);
+  CHECK_FALSE(package.info().any_input_size());
+  CHECK_FALSE(package.info().all_methods());
   CHECK(package.info().max_batch == 3);
   CHECK(package.info().depth == 2);
-  CHECK(model(name).info().backend == "torchscript");
+  CHECK(model(name).info().backend == dinov2::Backend::kTorchScript);
+  CHECK(model(name).info().all_methods());
   for (const auto& k : input_keys(r)) {
     INFO(name << " at " << k);
     const at::Tensor& x = r.at("x_" + k);
