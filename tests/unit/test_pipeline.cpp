@@ -101,7 +101,7 @@ TEST_CASE("a Pipeline gives per-image features in input order and failures as va
 }
 
 TEST_CASE("a Pipeline holds at most two windows of images and reports progress in order",
-          "[pipeline]") {
+          "[pipeline][threads]") {
   const auto model = dinov2::Model::load(data_path("model_s4.pt"));
   const std::string jpeg = read_bytes(sample("coffee.jpg"));
   std::vector<ImageSource> inputs;
