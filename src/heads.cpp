@@ -14,12 +14,12 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
-#include "archive_check.hpp"
-#include "boundary.hpp"
+#include "detail/archive_check.hpp"
+#include "detail/boundary.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/model.hpp"
 #include "dinov2/version.hpp"
-#include "json_fields.hpp"
+#include "detail/json_fields.hpp"
 
 namespace dinov2 {
 

@@ -17,7 +17,7 @@
 #include <sstream>
 #include <utility>
 
-#include "boundary.hpp"
+#include "detail/boundary.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/io.hpp"
 

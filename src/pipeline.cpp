@@ -13,7 +13,7 @@
 #include <thread>
 #include <utility>
 
-#include "boundary.hpp"
+#include "detail/boundary.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/model.hpp"
 #include "dinov2/opencv.hpp"

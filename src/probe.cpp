@@ -16,7 +16,7 @@
 #include <sstream>
 #include <utility>
 
-#include "boundary.hpp"
+#include "detail/boundary.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/io.hpp"
 #include "dinov2/retrieval.hpp"

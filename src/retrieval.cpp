@@ -16,7 +16,7 @@
 #include <faiss/index_io.h>
 #endif
 
-#include "boundary.hpp"
+#include "detail/boundary.hpp"
 #include "dinov2/error.hpp"
 
 namespace dinov2 {

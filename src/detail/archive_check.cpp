@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "archive_check.hpp"
+#include "detail/archive_check.hpp"
 
 #include <caffe2/serialize/inline_container.h>
 #include <fmt/format.h>
