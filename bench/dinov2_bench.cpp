@@ -122,10 +122,11 @@ std::vector<std::string> list_images(const std::string& dir) {
 }
 
 dinov2::Options options_from(const Args& args) {
+  dinov2::configure_runtime(dinov2::RuntimeSettings{}
+                                .with_threads(args.integer("threads", 0))
+                                .with_profiled_runs(args.integer("profiled-runs", 0)));
   dinov2::Options options;
-  options.with_threads(args.integer("threads", 0));
   options.with_fused_kernels(args.integer("fused", 1) != 0);
-  options.with_profiled_runs(args.integer("profiled-runs", 0));
   const std::string dtype = args.get("dtype", "float32");
   if (dtype == "bfloat16") options.with_dtype(dinov2::DType::kBFloat16);
   if (dtype == "float16") options.with_dtype(dinov2::DType::kFloat16);

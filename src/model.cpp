@@ -26,6 +26,7 @@
 #include "detail/archive_check.hpp"
 #include "detail/boundary.hpp"
 #include "detail/model_file.hpp"
+#include "detail/runtime_setup.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/runtime.hpp"
 #include "dinov2/version.hpp"
@@ -564,6 +565,8 @@ Model Model::load_checked(const std::string& path, Options options) {
   impl->options = options;
   impl->device = torch_device(options);
   impl->dtype = scalar_type(impl->compute_dtype);
+  detail::ensure_runtime_configured();
+  // The deprecated process-wide fields of Options, when set (dinov2/runtime.hpp replaces them).
   if (options.threads > 0) at::set_num_threads(options.threads);
   if (options.profiled_runs >= 0) {
     torch::jit::getNumProfiledRuns() = static_cast<size_t>(options.profiled_runs);
@@ -616,7 +619,7 @@ Model Model::load_checked(const std::string& path, Options options) {
       return detail::first_line(e.what());
     }
   };
-  if (impl->compute_dtype != DType::kFloat32 || options.profiled_runs == 0 || fuse) {
+  if (impl->compute_dtype != DType::kFloat32 || torch::jit::getNumProfiledRuns() == 0 || fuse) {
     std::string failure = one_patch();
     if (!failure.empty() && fuse) {
       // The fused oneDNN call is the part most tied to the CPU: run the file's graph instead.
@@ -689,7 +692,8 @@ std::unique_ptr<Model::Impl> Model::Impl::open_package(const std::string& path, 
     impl->compute_dtype = options.dtype;
     impl->dtype_reason = c10::str(to_string(options.dtype), " (asked for)");
   }
-  if (options.threads > 0) at::set_num_threads(options.threads);
+  detail::ensure_runtime_configured();
+  if (options.threads > 0) at::set_num_threads(options.threads);  // deprecated, process-wide
   impl->options = options;
   impl->device = torch_device(options);
   impl->dtype = scalar_type(impl->compute_dtype);

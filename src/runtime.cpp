@@ -7,12 +7,17 @@
 #include <ATen/Version.h>
 #include <ATen/cpu/Utils.h>
 #include <fmt/format.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include <algorithm>
 #include <array>
 #include <cctype>
 #include <cstdlib>
+#include <mutex>
 #include <nlohmann/json.hpp>
+
+#include "detail/runtime_setup.hpp"
+#include "dinov2/error.hpp"
 
 namespace dinov2 {
 
@@ -164,5 +169,67 @@ std::string to_json(const CpuInfo& cpu) {
   if (!cpu.onednn_limit.empty()) j["onednn_limit"] = cpu.onednn_limit;
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Process-wide settings
+
+namespace {
+
+std::mutex& runtime_mutex() {
+  static std::mutex m;
+  return m;
+}
+RuntimeSettings& current_settings() {
+  static RuntimeSettings settings;
+  return settings;
+}
+bool& runtime_configured() {
+  static bool configured = false;
+  return configured;
+}
+
+void apply(const RuntimeSettings& s) {
+  if (s.threads > 0) at::set_num_threads(s.threads);
+  if (s.profiled_runs >= 0) {
+    torch::jit::getNumProfiledRuns() = static_cast<size_t>(s.profiled_runs);
+  }
+}
+
+}  // namespace
+
+void configure_runtime(const RuntimeSettings& settings) {
+  if (settings.threads < 0) {
+    throw InputError::invalid_argument(
+        fmt::format("dinov2: RuntimeSettings::threads is {}; use 0 for LibTorch's default or a "
+                    "positive count",
+                    settings.threads));
+  }
+  if (settings.profiled_runs < -1) {
+    throw InputError::invalid_argument(
+        fmt::format("dinov2: RuntimeSettings::profiled_runs is {}; use -1 to keep LibTorch's "
+                    "setting, 0 or a positive count",
+                    settings.profiled_runs));
+  }
+  std::lock_guard<std::mutex> lock(runtime_mutex());
+  apply(settings);
+  current_settings() = settings;
+  runtime_configured() = true;
+}
+
+RuntimeSettings runtime_settings() {
+  std::lock_guard<std::mutex> lock(runtime_mutex());
+  return current_settings();
+}
+
+namespace detail {
+
+void ensure_runtime_configured() {
+  std::lock_guard<std::mutex> lock(runtime_mutex());
+  if (runtime_configured()) return;
+  apply(current_settings());
+  runtime_configured() = true;
+}
+
+}  // namespace detail
 
 }  // namespace dinov2

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /// @file
-/// @brief Options for Model::load: device, compute dtype, threads and the token cap.
+/// @brief Options for Model::load: device, compute dtype, fused kernels and the token cap of one
+/// model. Process-wide settings (threads, profiling) are RuntimeSettings in dinov2/runtime.hpp.
 #pragma once
 
 #include <cstdint>
@@ -38,9 +39,9 @@ struct Options {
   /// numerics; DType::kAuto picks bfloat16 where the hardware computes it (the throughput
   /// choice).
   DType dtype = DType::kFloat32;
-  /// @brief Intra-op CPU threads, applied with at::set_num_threads at load time. This setting is
-  /// process-wide (LibTorch has a single pool): the last Model loaded with threads > 0 wins, and
-  /// it affects all LibTorch code in the process. 0 (the default) leaves LibTorch's default.
+  /// @brief Deprecated: a process-wide setting; use configure_runtime() and
+  /// RuntimeSettings::threads (dinov2/runtime.hpp). When positive, Model::load still applies it
+  /// with at::set_num_threads, for every model in the process. 0 (the default) leaves it.
   int threads = 0;
   /// @brief Largest patch-token count h*w accepted per image; a larger input throws InputError
   /// with ErrorCode::kTooManyTokens before any memory is allocated. Attention memory grows with
@@ -56,12 +57,11 @@ struct Options {
   /// under ONEDNN_MAX_CPU_ISA), the model runs unfused and Model::fusion_reason() says why.
   /// Default true.
   bool fused_kernels = true;
-  /// @brief How many profiled runs LibTorch's TorchScript executor makes before it optimises a
-  /// graph, set at load time when >= 0. Process-wide, like threads. The profiling run holds
-  /// every intermediate tensor and so sets the peak memory of a process (ViT-S/14 at 518, batch
-  /// 8: about 950 MB profiled, 560 MB without). 0 (the default) skips it; -1 leaves LibTorch's
-  /// setting.
-  int profiled_runs = 0;
+  /// @brief Deprecated: a process-wide setting; use configure_runtime() and
+  /// RuntimeSettings::profiled_runs (dinov2/runtime.hpp), whose default (0: no profiling run)
+  /// the first Model::load applies. When >= 0, Model::load still sets it for the whole process.
+  /// -1 (the default) leaves it.
+  int profiled_runs = -1;
 
   /// @brief Sets device and device_index.
   Options& with_device(Device d, int index = 0) {
@@ -74,7 +74,7 @@ struct Options {
     dtype = d;
     return *this;
   }
-  /// @brief Sets threads (process-wide; see the field).
+  /// @brief Sets threads (deprecated, process-wide; see the field).
   Options& with_threads(int n) {
     threads = n;
     return *this;
@@ -84,7 +84,7 @@ struct Options {
     fused_kernels = on;
     return *this;
   }
-  /// @brief Sets profiled_runs (process-wide; see the field).
+  /// @brief Sets profiled_runs (deprecated, process-wide; see the field).
   Options& with_profiled_runs(int n) {
     profiled_runs = n;
     return *this;

@@ -670,20 +670,52 @@ TEST_CASE("fused kernels apply to float32 and bfloat16 on the CPU, not to float1
   CHECK(at::cosine_similarity(a.cls, r.at("cls_126x350_b4"), 1).min().item<double>() >= 0.99);
 }
 
-TEST_CASE("Options::profiled_runs sets the TorchScript executor's process-wide setting",
-          "[model]") {
+// Run alone, in a process of its own, by the next case: its first Model::load.
+TEST_CASE("runtime defaults at the first load (child process)", "[.runtime_first_load]") {
   auto& runs = torch::jit::getNumProfiledRuns();
-  const size_t before = runs;
+  runs = 5;
+  const auto m = dinov2::Model::load(data_path("model_s4.pt"));
+  CHECK(runs == 0);  // RuntimeSettings::profiled_runs' default
+  const auto& r = refs("model_s4");
+  CHECK(max_abs_diff(m.extract_features(r.at("x_224x224_b1")).cls, r.at("cls_224x224_b1")) <=
+        tolerance(true));
+}
+
+TEST_CASE("the first Model::load of a process applies the runtime defaults: no profiling run",
+          "[model]") {
+  // A fresh process, whatever this one has loaded or configured already.
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  const int status = std::system(("'" + self + "' '[.runtime_first_load]' > /dev/null").c_str());
+  CHECK(status == 0);
+}
+
+TEST_CASE("configure_runtime sets the process-wide settings; later loads leave them", "[model]") {
+  auto& runs = torch::jit::getNumProfiledRuns();
+  const size_t runs_before = runs;
+  const int threads_before = at::get_num_threads();
+  dinov2::configure_runtime(dinov2::RuntimeSettings{}.with_threads(1).with_profiled_runs(2));
+  CHECK(at::get_num_threads() == 1);
+  CHECK(runs == 2);
+  CHECK(dinov2::runtime_settings().threads == 1);
+  CHECK(dinov2::runtime_settings().profiled_runs == 2);
+  dinov2::Model::load(data_path("model_s4.pt"));  // Options{} touches neither
+  CHECK(at::get_num_threads() == 1);
+  CHECK(runs == 2);
+  // The deprecated Options fields still apply, process-wide, when set.
   dinov2::Model::load(data_path("model_s4.pt"), dinov2::Options{}.with_profiled_runs(3));
   CHECK(runs == 3);
   dinov2::Model::load(data_path("model_s4.pt"), dinov2::Options{}.with_profiled_runs(-1));
   CHECK(runs == 3);  // -1 leaves it
-  const auto m = dinov2::Model::load(data_path("model_s4.pt"));
-  CHECK(runs == 0);  // the default
-  const auto& r = refs("model_s4");
-  CHECK(max_abs_diff(m.extract_features(r.at("x_224x224_b1")).cls, r.at("cls_224x224_b1")) <=
-        tolerance(true));
-  runs = before;
+  // Bad values are refused before anything changes.
+  CHECK(dinov2::test::message_of<dinov2::InputError>([] {
+          dinov2::configure_runtime(dinov2::RuntimeSettings{}.with_threads(-1));
+        }).find("RuntimeSettings::threads is -1") != std::string::npos);
+  CHECK(dinov2::test::message_of<dinov2::InputError>([] {
+          dinov2::configure_runtime(dinov2::RuntimeSettings{}.with_profiled_runs(-2));
+        }).find("RuntimeSettings::profiled_runs is -2") != std::string::npos);
+  CHECK(runs == 3);
+  runs = runs_before;
+  at::set_num_threads(threads_before);
 }
 
 TEST_CASE("an AOTInductor package gives the TorchScript file's features", "[model][aot][parity]") {

@@ -78,7 +78,6 @@ Options ModelArgs::options() const {
             : dtype == "float16" ? DType::kFloat16
             : dtype == "auto"    ? DType::kAuto
                                  : DType::kFloat32;
-  o.threads = threads;
   return o;
 }
 
@@ -111,6 +110,7 @@ double bfloat16_slowdown() {
 Model ModelArgs::load() const {
   input_limits() =
       ImageLimits{}.with_max_pixels(max_pixels).with_max_file_bytes(max_file_mib << 20);
+  configure_runtime(RuntimeSettings{}.with_threads(threads));
   Model model = Model::load(path, options());
   static bool warned = false;
   const CpuInfo cpu = cpu_info();
