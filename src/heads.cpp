@@ -16,10 +16,10 @@
 
 #include "detail/archive_check.hpp"
 #include "detail/boundary.hpp"
+#include "detail/json_fields.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/model.hpp"
 #include "dinov2/version.hpp"
-#include "detail/json_fields.hpp"
 
 namespace dinov2 {
 
