@@ -5,7 +5,8 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
-#include <c10/util/StringUtil.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <torch/script.h>
 
 #include <algorithm>
@@ -35,19 +36,6 @@ constexpr const char* kClassifier = "linear_classifier";
 constexpr const char* kDepth = "depth_linear";
 constexpr const char* kSegmentation = "segmentation_linear";
 
-/// The numbers joined with `sep`: {2, 5} -> "2,5".
-std::string join(const std::vector<int64_t>& v, const char* sep) {
-  std::string out;
-  for (size_t i = 0; i < v.size(); ++i) out += (i ? sep : "") + std::to_string(v[i]);
-  return out;
-}
-
-/// "[2, 5, 9, 384]", or "an undefined tensor".
-std::string shape(const at::Tensor& t) {
-  if (!t.defined()) return "an undefined tensor";
-  return "[" + join(t.sizes().vec(), ", ") + "]";
-}
-
 /// Runs `f` in inference mode, turning LibTorch exceptions into dinov2::Error.
 template <class F>
 auto compute(const char* what, F&& f) -> decltype(f()) {
@@ -57,29 +45,31 @@ auto compute(const char* what, F&& f) -> decltype(f()) {
   } catch (const Error&) {
     throw;
   } catch (const c10::Error& e) {
-    throw RuntimeError(c10::str("dinov2: LibTorch failed while ", what, ": ", torch_message(e)));
+    throw RuntimeError(fmt::format("dinov2: LibTorch failed while {}: {}", what, torch_message(e)));
   } catch (const std::bad_alloc&) {
-    throw RuntimeError(c10::str("dinov2: out of memory while ", what));
+    throw RuntimeError(fmt::format("dinov2: out of memory while {}", what));
   } catch (const std::exception& e) {
-    throw RuntimeError(c10::str("dinov2: failed while ", what, ": ", detail::first_line(e.what())));
+    throw RuntimeError(
+        fmt::format("dinov2: failed while {}: {}", what, detail::first_line(e.what())));
   }
 }
 
 // -- reading head files -------------------------------------------------------------------------
 
 [[noreturn]] void bad_head(const std::string& path, const std::string& problem) {
-  throw ModelFileError(c10::str("dinov2: head file '", path, "' is invalid (", problem,
-                                "); re-export it with dinov2-export-head"));
+  throw ModelFileError(
+      fmt::format("dinov2: head file '{}' is invalid ({}); re-export it with dinov2-export-head",
+                  path, problem));
 }
 
 template <class T>
 T field(const json& j, const char* key, const std::string& path) {
-  if (!j.contains(key)) bad_head(path, c10::str(kHeadFile, " has no field '", key, "'"));
+  if (!j.contains(key)) bad_head(path, fmt::format("{} has no field '{}'", kHeadFile, key));
   try {
     return detail::exact_get<T>(j.at(key));
   } catch (const std::exception&) {
-    bad_head(path, c10::str("field '", key, "' of ", kHeadFile,
-                            " has the wrong type or is out of range (", j.at(key).dump(), ")"));
+    bad_head(path, fmt::format("field '{}' of {} has the wrong type or is out of range ({})", key,
+                               kHeadFile, j.at(key).dump()));
   }
 }
 
@@ -93,20 +83,18 @@ void check_file(const std::string& path) {
   if (path.empty()) throw ModelFileError("dinov2: no head file path given");
   std::error_code ec;
   if (!fs::exists(path, ec)) {
-    throw ModelFileError(c10::str("dinov2: head file '", path,
-                                  "' does not exist; export one with dinov2-export-head"));
+    throw ModelFileError(fmt::format(
+        "dinov2: head file '{}' does not exist; export one with dinov2-export-head", path));
   }
   if (fs::is_directory(path, ec)) {
-    throw ModelFileError(c10::str(
-        "dinov2: '", path, "' is a directory; give the .pt file written by dinov2-export-head"));
+    throw ModelFileError(fmt::format(
+        "dinov2: '{}' is a directory; give the .pt file written by dinov2-export-head", path));
   }
-  std::ifstream in(path, std::ios::binary);
-  char magic[4] = {0, 0, 0, 0};
-  in.read(magic, 4);
-  if (!in || magic[0] != 'P' || magic[1] != 'K' || magic[2] != 3 || magic[3] != 4) {
-    throw ModelFileError(c10::str("dinov2: '", path,
-                                  "' is not a TorchScript archive; an official .pth head must "
-                                  "first be converted with dinov2-export-head"));
+  if (!detail::has_zip_magic(path)) {
+    throw ModelFileError(
+        fmt::format("dinov2: '{}' is not a TorchScript archive; an official .pth head must first "
+                    "be converted with dinov2-export-head",
+                    path));
   }
 }
 
@@ -115,22 +103,22 @@ HeadInfo parse_info(const std::string& text, const std::string& path) {
   try {
     j = json::parse(text);
   } catch (const json::exception& e) {
-    bad_head(path, c10::str(kHeadFile, " is not valid JSON: ", e.what()));
+    bad_head(path, fmt::format("{} is not valid JSON: {}", kHeadFile, e.what()));
   }
-  if (!j.is_object()) bad_head(path, c10::str(kHeadFile, " is not a JSON object"));
+  if (!j.is_object()) bad_head(path, fmt::format("{} is not a JSON object", kHeadFile));
   const auto format = field<std::string>(j, "format", path);
   if (format != "dinov2-head") {
-    throw ModelFileError(
-        c10::str("dinov2: '", path, "' holds a '", format,
-                 "' file, not a 'dinov2-head'; export heads with dinov2-export-head"));
+    throw ModelFileError(fmt::format(
+        "dinov2: '{}' holds a '{}' file, not a 'dinov2-head'; export heads with dinov2-export-head",
+        path, format));
   }
   HeadInfo info;
   info.format_version = field<int>(j, "format_version", path);
   if (info.format_version > kFormatVersion || info.format_version < 1) {
-    throw ModelFileError(
-        c10::str("dinov2: head file '", path, "' uses format version ", info.format_version,
-                 ", but this dinov2 library (", kVersion, ") reads versions 1 to ", kFormatVersion,
-                 "; upgrade the library or re-export the head with dinov2-export-head ", kVersion));
+    throw ModelFileError(fmt::format(
+        "dinov2: head file '{}' uses format version {}, but this dinov2 library ({}) reads "
+        "versions 1 to {}; upgrade the library or re-export the head with dinov2-export-head {}",
+        path, info.format_version, kVersion, kFormatVersion, kVersion));
   }
   info.kind = field<std::string>(j, "kind", path);
   info.head = field_or<std::string>(j, "head", info.kind, path);
@@ -141,15 +129,15 @@ HeadInfo parse_info(const std::string& text, const std::string& path) {
   info.blocks = field<std::vector<int64_t>>(j, "blocks", path);
   info.norm = field<bool>(j, "norm", path);
   if (info.embed_dim <= 0 || info.patch_size <= 0 || info.blocks.empty()) {
-    bad_head(path, c10::str("embed_dim ", info.embed_dim, ", patch_size ", info.patch_size, " and ",
-                            info.blocks.size(), " blocks do not describe a head"));
+    bad_head(path, fmt::format("embed_dim {}, patch_size {} and {} blocks do not describe a head",
+                               info.embed_dim, info.patch_size, info.blocks.size()));
   }
   if (info.kind == kClassifier || info.kind == kSegmentation) {
     info.num_classes = field<int64_t>(j, "num_classes", path);
     info.class_names = field<std::vector<std::string>>(j, "class_names", path);
     if (static_cast<int64_t>(info.class_names.size()) != info.num_classes) {
-      bad_head(path, c10::str(info.class_names.size(), " class names for ", info.num_classes,
-                              " classes"));
+      bad_head(path, fmt::format("{} class names for {} classes", info.class_names.size(),
+                                 info.num_classes));
     }
   }
   if (info.kind == kSegmentation) {
@@ -157,16 +145,16 @@ HeadInfo parse_info(const std::string& text, const std::string& path) {
       if (rgb.size() != 3) bad_head(path, "a palette entry is not an RGB triple");
       for (int v : rgb) {
         if (v < 0 || v > 255) {
-          bad_head(path, c10::str("palette entry [", rgb[0], ", ", rgb[1], ", ", rgb[2],
-                                  "] has a value outside 0..255"));
+          bad_head(path, fmt::format("palette entry [{}, {}, {}] has a value outside 0..255",
+                                     rgb[0], rgb[1], rgb[2]));
         }
       }
       info.palette.push_back({static_cast<uint8_t>(rgb[0]), static_cast<uint8_t>(rgb[1]),
                               static_cast<uint8_t>(rgb[2])});
     }
     if (static_cast<int64_t>(info.palette.size()) != info.num_classes) {
-      bad_head(path, c10::str(info.palette.size(), " palette colours for ", info.num_classes,
-                              " classes"));
+      bad_head(path, fmt::format("{} palette colours for {} classes", info.palette.size(),
+                                 info.num_classes));
     }
   }
   if (info.kind == kDepth) {
@@ -176,9 +164,8 @@ HeadInfo parse_info(const std::string& text, const std::string& path) {
     info.max_depth = field<double>(j, "max_depth", path);
     info.score_offset = field<double>(j, "score_offset", path);
     if (info.upsample < 1 || info.bins < 1 || !(info.min_depth < info.max_depth)) {
-      bad_head(path,
-               c10::str("upsample ", info.upsample, ", ", info.bins, " bins and depth range [",
-                        info.min_depth, ", ", info.max_depth, "] are not valid"));
+      bad_head(path, fmt::format("upsample {}, {} bins and depth range [{}, {}] are not valid",
+                                 info.upsample, info.bins, info.min_depth, info.max_depth));
     }
   }
   if (j.contains("weights") && j["weights"].is_object()) {
@@ -197,9 +184,9 @@ std::string class_for(const std::string& kind) {
 }
 
 at::Tensor attribute(const torch::jit::Module& m, const char* name, const std::string& path) {
-  if (!m.hasattr(name)) bad_head(path, c10::str("the module has no '", name, "' tensor"));
+  if (!m.hasattr(name)) bad_head(path, fmt::format("the module has no '{}' tensor", name));
   const auto value = m.attr(name);
-  if (!value.isTensor()) bad_head(path, c10::str("'", name, "' is not a tensor"));
+  if (!value.isTensor()) bad_head(path, fmt::format("'{}' is not a tensor", name));
   return value.toTensor().to(at::kFloat).contiguous();
 }
 
@@ -219,32 +206,34 @@ detail::HeadData read_head(const std::string& path, const char* kind) {
   } catch (const c10::Error& e) {
     // torch.save writes zip files too: an official .pth head lands here.
     throw ModelFileError(
-        c10::str("dinov2: '", path, "' is not a TorchScript archive (", torch_message(e),
-                 "); an official .pth head must first be converted with dinov2-export-head"));
+        fmt::format("dinov2: '{}' is not a TorchScript archive ({}); an official .pth head must "
+                    "first be converted with dinov2-export-head",
+                    path, torch_message(e)));
   } catch (const std::bad_alloc&) {
     throw;
   } catch (const std::exception& e) {
     // TorchScript's compiler on damaged code (ErrorReport, JITException, std::runtime_error).
-    bad_head(path,
-             c10::str("its TorchScript code does not compile: ", detail::first_line(e.what())));
+    bad_head(path, fmt::format("its TorchScript code does not compile: {}",
+                               detail::first_line(e.what())));
   }
   if (extra[kHeadFile].empty()) {
     if (!extra[kBackboneFile].empty()) {
-      throw ModelFileError(c10::str(
-          "dinov2: '", path, "' is a dinov2 backbone file, not a head; load it with Model::load"));
+      throw ModelFileError(fmt::format(
+          "dinov2: '{}' is a dinov2 backbone file, not a head; load it with Model::load", path));
     }
-    throw ModelFileError(c10::str("dinov2: '", path,
-                                  "' is a TorchScript file but not a dinov2 head (no ", kHeadFile,
-                                  " inside); export the head with dinov2-export-head"));
+    throw ModelFileError(
+        fmt::format("dinov2: '{}' is a TorchScript file but not a dinov2 head (no {} inside); "
+                    "export the head with dinov2-export-head",
+                    path, kHeadFile));
   }
   detail::HeadData d;
   d.info = parse_info(extra[kHeadFile], path);
   if (d.info.kind != kind) {
     const std::string other = class_for(d.info.kind);
     throw ModelFileError(
-        c10::str("dinov2: '", path, "' holds a ", d.info.kind, " head ('", d.info.head, "'), but ",
-                 class_for(kind), "::load needs a ", kind, " head",
-                 other.empty() ? std::string() : c10::str("; load it with ", other, "::load")));
+        fmt::format("dinov2: '{}' holds a {} head ('{}'), but {}::load needs a {} head{}", path,
+                    d.info.kind, d.info.head, class_for(kind), kind,
+                    other.empty() ? std::string() : fmt::format("; load it with {}::load", other)));
   }
 
   const HeadInfo& info = d.info;
@@ -269,14 +258,16 @@ detail::HeadData read_head(const std::string& path, const char* kind) {
     bad_head(path, torch_message(e));
   }
   if (d.weight.sizes() != at::IntArrayRef({out, in})) {
-    bad_head(path,
-             c10::str("'weight' has shape ", shape(d.weight), ", expected [", out, ", ", in, "]"));
+    bad_head(path, fmt::format("'weight' has shape {}, expected [{}, {}]",
+                               detail::shape_of(d.weight), out, in));
   }
   if (d.bias.sizes() != at::IntArrayRef({out})) {
-    bad_head(path, c10::str("'bias' has shape ", shape(d.bias), ", expected [", out, "]"));
+    bad_head(path,
+             fmt::format("'bias' has shape {}, expected [{}]", detail::shape_of(d.bias), out));
   }
   if (d.bins.defined() && d.bins.sizes() != at::IntArrayRef({out})) {
-    bad_head(path, c10::str("'bins' has shape ", shape(d.bins), ", expected [", out, "]"));
+    bad_head(path,
+             fmt::format("'bins' has shape {}, expected [{}]", detail::shape_of(d.bins), out));
   }
   return d;
 }
@@ -310,21 +301,23 @@ detail::HeadData load_for(const std::string& path, const char* kind, const Model
 
 void check_model(const HeadInfo& head, const ModelInfo& model) {
   if (head.embed_dim != model.embed_dim) {
-    throw ModelFileError(c10::str("dinov2: head expects width ", head.embed_dim, " (", head.variant,
-                                  "), model has ", model.embed_dim, " (", model.variant,
-                                  "); use the head exported for ", model.variant,
-                                  " or the backbone the head was trained on"));
+    throw ModelFileError(
+        fmt::format("dinov2: head expects width {} ({}), model has {} ({}); use the head exported "
+                    "for {} or the backbone the head was trained on",
+                    head.embed_dim, head.variant, model.embed_dim, model.variant, model.variant));
   }
   if (head.variant != model.variant) {
     throw ModelFileError(
-        c10::str("dinov2: head was trained on ", head.variant, ", but the model is ", model.variant,
-                 "; the features differ, so use the head exported for ", model.variant));
+        fmt::format("dinov2: head was trained on {}, but the model is {}; the features differ, so "
+                    "use the head exported for {}",
+                    head.variant, model.variant, model.variant));
   }
   for (int64_t b : head.blocks) {
     if (b >= model.depth || b < -model.depth) {
-      throw ModelFileError(c10::str("dinov2: the ", head.head, " head reads block ", b,
-                                    ", but the model has ", model.depth,
-                                    " blocks (a reduced export?); use a full-depth backbone"));
+      throw ModelFileError(
+          fmt::format("dinov2: the {} head reads block {}, but the model has {} blocks (a reduced "
+                      "export?); use a full-depth backbone",
+                      head.head, b, model.depth));
     }
   }
 }
@@ -332,7 +325,8 @@ void check_model(const HeadInfo& head, const ModelInfo& model) {
 /// Checks a [B, h, w, D] patch map and returns it.
 const at::Tensor& check_patches(const at::Tensor& t, int64_t dim, const char* what) {
   if (!t.defined() || t.dim() != 4 || t.size(3) != dim) {
-    throw InputError(c10::str("dinov2: ", what, " must be [B, h, w, ", dim, "], got ", shape(t)));
+    throw InputError(
+        fmt::format("dinov2: {} must be [B, h, w, {}], got {}", what, dim, detail::shape_of(t)));
   }
   return t;
 }
@@ -341,7 +335,7 @@ const at::Tensor& check_patches(const at::Tensor& t, int64_t dim, const char* wh
 const at::Tensor& check_token(const at::Tensor& t, int64_t batch, int64_t dim, const char* what) {
   if (!t.defined() || t.dim() != 2 || t.size(0) != batch || t.size(1) != dim) {
     throw InputError(
-        c10::str("dinov2: ", what, " must be [", batch, ", ", dim, "], got ", shape(t)));
+        fmt::format("dinov2: {} must be [{}, {}], got {}", what, batch, dim, detail::shape_of(t)));
   }
   return t;
 }
@@ -351,18 +345,18 @@ void check_layers(const HeadInfo& head, const LayerFeatures& lf) {
   const size_t n = head.blocks.size();
   if (lf.size() != n || lf.patches.size() != n || lf.cls.size() != n) {
     throw InputError(
-        c10::str("dinov2: the ", head.head, " head reads ", n, " block(s) ", join(head.blocks, ","),
-                 ", but the features hold ", lf.size(),
-                 "; use Model::intermediate_layers(pixels, head.info().blocks, head.info().norm)"));
+        fmt::format("dinov2: the {} head reads {} block(s) {}, but the features hold {}; use "
+                    "Model::intermediate_layers(pixels, head.layers())",
+                    head.head, n, fmt::join(head.blocks, ","), lf.size()));
   }
   for (size_t i = 0; i < n; ++i) {
     const int64_t want = head.blocks[i];
     const bool relative_ok = want < 0 && (i == 0 || lf.indices[i] == lf.indices[i - 1] + 1);
     if (want >= 0 ? lf.indices[i] != want : !relative_ok) {
-      throw InputError(c10::str(
-          "dinov2: the ", head.head, " head reads blocks ", join(head.blocks, ","),
-          ", but the features come from blocks ", join(lf.indices, ","),
-          "; use Model::intermediate_layers(pixels, head.info().blocks, head.info().norm)"));
+      throw InputError(
+          fmt::format("dinov2: the {} head reads blocks {}, but the features come from blocks {}; "
+                      "use Model::intermediate_layers(pixels, head.layers())",
+                      head.head, fmt::join(head.blocks, ","), fmt::join(lf.indices, ",")));
     }
     check_patches(lf.patches[i], head.embed_dim, "LayerFeatures::patches");
     check_token(lf.cls[i], lf.patches[i].size(0), head.embed_dim, "LayerFeatures::cls");
@@ -411,19 +405,12 @@ void LinearClassifier::check_compatible(const ModelInfo& model) const {
   check_model(d_.info, model);
 }
 
-at::Tensor LinearClassifier::logits(const Model& model, const at::Tensor& pixels) const {
-  check_compatible(model.info());
-  if (n_last_blocks() == 1) return logits(model.extract_features(pixels));
-  return logits(model.intermediate_layers(pixels, d_.info.blocks, true));
-}
-
 at::Tensor LinearClassifier::logits(const Features& features) const {
   if (n_last_blocks() != 1) {
-    throw InputError(c10::str("dinov2: this ", d_.info.head,
-                              " head needs the CLS tokens of the last ", n_last_blocks(),
-                              " blocks, which Features do not hold; call logits(model, pixels) or "
-                              "pass Model::intermediate_layers(pixels, {",
-                              join(d_.info.blocks, ", "), "}, true)"));
+    throw InputError(
+        fmt::format("dinov2: this {} head needs the CLS tokens of the last {} blocks, which "
+                    "Features do not hold; pass Model::intermediate_layers(pixels, head.layers())",
+                    d_.info.head, n_last_blocks()));
   }
   const at::Tensor& p = check_patches(features.patches, d_.info.embed_dim, "Features::patches");
   check_token(features.cls, p.size(0), d_.info.embed_dim, "Features::cls");
@@ -435,15 +422,38 @@ at::Tensor LinearClassifier::logits(const LayerFeatures& features) const {
   return classifier_logits(d_, features.cls, features.patches.back());
 }
 
+at::Tensor LinearClassifier::predict(const Features& features) const {
+  return logits(features).argmax(1);
+}
+
+at::Tensor LinearClassifier::predict(const LayerFeatures& features) const {
+  return logits(features).argmax(1);
+}
+
 std::vector<std::vector<ClassScore>> LinearClassifier::top_k(const at::Tensor& logits,
                                                              int64_t k) const {
   const int64_t c = d_.info.num_classes;
   if (!logits.defined() || logits.dim() != 2 || logits.size(1) != c) {
-    throw InputError(c10::str("dinov2: top_k expects logits [B, ", c, "], got ", shape(logits)));
+    throw InputError(
+        fmt::format("dinov2: top_k expects logits [B, {}], got {}", c, detail::shape_of(logits)));
+  }
+  return dinov2::top_k(logits, k, d_.info.class_names);
+}
+
+std::vector<std::vector<ClassScore>> top_k(const at::Tensor& logits, int64_t k,
+                                           const std::vector<std::string>& class_names) {
+  if (!logits.defined() || logits.dim() != 2 || logits.size(1) < 1) {
+    throw InputError(
+        fmt::format("dinov2: top_k expects logits [B, C], got {}", detail::shape_of(logits)));
+  }
+  const int64_t c = logits.size(1);
+  if (!class_names.empty() && static_cast<int64_t>(class_names.size()) != c) {
+    throw InputError::invalid_argument(
+        fmt::format("dinov2: top_k got {} class names for {} classes", class_names.size(), c));
   }
   if (k < 1 || k > c) {
     throw InputError::invalid_argument(
-        c10::str("dinov2: top_k k is ", k, "; it must be in 1..", c));
+        fmt::format("dinov2: top_k k is {}; it must be in 1..{}", k, c));
   }
   auto [values, indices] = compute("ranking classes", [&] {
     auto probs = at::softmax(logits.to(at::kFloat), 1);
@@ -456,8 +466,9 @@ std::vector<std::vector<ClassScore>> LinearClassifier::top_k(const at::Tensor& l
   for (size_t b = 0; b < out.size(); ++b) {
     for (int64_t j = 0; j < k; ++j) {
       const int64_t idx = pi[static_cast<int64_t>(b) * k + j];
-      out[b].push_back({idx, pv[static_cast<int64_t>(b) * k + j],
-                        d_.info.class_names[static_cast<size_t>(idx)]});
+      out[b].push_back(
+          {idx, pv[static_cast<int64_t>(b) * k + j],
+           class_names.empty() ? std::to_string(idx) : class_names[static_cast<size_t>(idx)]});
     }
   }
   return out;
@@ -475,12 +486,6 @@ DepthHead DepthHead::load(const std::string& path, const Model& model) {
 
 void DepthHead::check_compatible(const ModelInfo& model) const { check_model(d_.info, model); }
 
-at::Tensor DepthHead::predict(const Model& model, const at::Tensor& pixels) const {
-  check_compatible(model.info());
-  const auto lf = model.intermediate_layers(pixels, d_.info.blocks, d_.info.norm);
-  return predict(lf, pixels.size(2), pixels.size(3));
-}
-
 at::Tensor DepthHead::predict(const LayerFeatures& features, int64_t height, int64_t width) const {
   const HeadInfo& info = d_.info;
   check_layers(info, features);
@@ -490,13 +495,13 @@ at::Tensor DepthHead::predict(const LayerFeatures& features, int64_t height, int
   const int64_t w = first.size(2);
   for (const auto& p : features.patches) {
     if (p.size(0) != b || p.size(1) != h || p.size(2) != w) {
-      throw InputError(c10::str("dinov2: the block outputs have different shapes (", shape(first),
-                                " and ", shape(p), ")"));
+      throw InputError(fmt::format("dinov2: the block outputs have different shapes ({} and {})",
+                                   detail::shape_of(first), detail::shape_of(p)));
     }
   }
   if (height < 0 || width < 0) {
     throw InputError::invalid_argument(
-        c10::str("dinov2: depth output size ", height, "x", width, " is negative"));
+        fmt::format("dinov2: depth output size {}x{} is negative", height, width));
   }
   if (height == 0) height = h * info.patch_size;
   if (width == 0) width = w * info.patch_size;
@@ -542,11 +547,6 @@ void SegmentationHead::check_compatible(const ModelInfo& model) const {
   check_model(d_.info, model);
 }
 
-at::Tensor SegmentationHead::logits(const Model& model, const at::Tensor& pixels) const {
-  check_compatible(model.info());
-  return logits(model.intermediate_layers(pixels, d_.info.blocks, d_.info.norm));
-}
-
 at::Tensor SegmentationHead::logits(const Features& features) const {
   return segmentation_logits(d_, features.patches);
 }
@@ -559,12 +559,12 @@ at::Tensor SegmentationHead::logits(const LayerFeatures& features) const {
 at::Tensor SegmentationHead::labels(const at::Tensor& logits, int64_t height, int64_t width) const {
   const int64_t c = d_.info.num_classes;
   if (!logits.defined() || logits.dim() != 4 || logits.size(1) != c) {
-    throw InputError(
-        c10::str("dinov2: labels expects logits [B, ", c, ", h, w], got ", shape(logits)));
+    throw InputError(fmt::format("dinov2: labels expects logits [B, {}, h, w], got {}", c,
+                                 detail::shape_of(logits)));
   }
   if (height < 1 || width < 1) {
     throw InputError::invalid_argument(
-        c10::str("dinov2: label map size ", height, "x", width, " must be positive"));
+        fmt::format("dinov2: label map size {}x{} must be positive", height, width));
   }
   return compute("computing labels", [&] {
     // As the official evaluation: resize the logits, then take the arg-max per pixel.
@@ -572,15 +572,21 @@ at::Tensor SegmentationHead::labels(const at::Tensor& logits, int64_t height, in
   });
 }
 
-at::Tensor SegmentationHead::predict(const Model& model, const at::Tensor& pixels) const {
-  return labels(logits(model, pixels), pixels.size(2), pixels.size(3));
+at::Tensor SegmentationHead::predict(const Features& features) const {
+  const at::Tensor l = logits(features);
+  return labels(l, l.size(2) * d_.info.patch_size, l.size(3) * d_.info.patch_size);
+}
+
+at::Tensor SegmentationHead::predict(const LayerFeatures& features) const {
+  const at::Tensor l = logits(features);
+  return labels(l, l.size(2) * d_.info.patch_size, l.size(3) * d_.info.patch_size);
 }
 
 at::Tensor SegmentationHead::colorize(const at::Tensor& labels) const {
   const auto c = static_cast<int64_t>(d_.info.palette.size());
   if (!labels.defined() || labels.dim() != 3 || at::isFloatingType(labels.scalar_type())) {
-    throw InputError(
-        c10::str("dinov2: colorize expects integer labels [B, H, W], got ", shape(labels)));
+    throw InputError(fmt::format("dinov2: colorize expects integer labels [B, H, W], got {}",
+                                 detail::shape_of(labels)));
   }
   return compute("colouring labels", [&] {
     at::Tensor flat = labels.to(at::kCPU, at::kLong).reshape({-1});
@@ -589,7 +595,7 @@ at::Tensor SegmentationHead::colorize(const at::Tensor& labels) const {
       const int64_t hi = flat.max().item<int64_t>();
       if (lo < 0 || hi >= c) {
         throw InputError(
-            c10::str("dinov2: colorize got label ", lo < 0 ? lo : hi, " outside 0..", c - 1));
+            fmt::format("dinov2: colorize got label {} outside 0..{}", lo < 0 ? lo : hi, c - 1));
       }
     }
     at::Tensor palette = at::empty({c, 3}, at::kByte);

@@ -287,8 +287,13 @@ PipelineSummary Pipeline::run(const std::vector<ImageSource>& inputs,
         pixels.clear();
         for (std::size_t m = first; m < last; ++m) prepared[group[m]].batch.pixels = at::Tensor();
         Features features;
+        LayerFeatures layers;
         try {
-          features = model_->extract_features(batch).cpu();
+          if (options_.layers) {
+            layers = model_->intermediate_layers(batch, *options_.layers);
+          } else {
+            features = model_->extract_features(batch).cpu();
+          }
         } catch (const InputError& e) {  // this batch's images, not the model, are at fault
           for (std::size_t m = first; m < last; ++m) results[group[m]].error = e.message();
           continue;
@@ -296,7 +301,16 @@ PipelineSummary Pipeline::run(const std::vector<ImageSource>& inputs,
         for (std::size_t m = first; m < last; ++m) {
           const auto b = static_cast<int64_t>(m - first);
           ImageFeatures& r = results[group[m]];
-          r.grid = features.grids.at(static_cast<std::size_t>(b));
+          r.grid = batch.grids.at(static_cast<std::size_t>(b));
+          if (options_.layers) {
+            r.layers.indices = layers.indices;
+            r.layers.grids = {r.grid};
+            for (std::size_t e = 0; e < layers.size(); ++e) {
+              r.layers.patches.push_back(layers.patches[e].narrow(0, b, 1).cpu());
+              r.layers.cls.push_back(layers.cls[e].narrow(0, b, 1).cpu());
+            }
+            continue;
+          }
           r.cls = features.cls[b];
           r.registers = features.registers[b];
           if (options_.patches) r.patches = features.patches[b];

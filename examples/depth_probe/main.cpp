@@ -24,11 +24,13 @@ int main(int argc, char** argv) {
     const dinov2::Model model = dinov2::Model::load(argv[1]);
     // Loading the head for the model checks that it was trained on this backbone.
     const dinov2::DepthHead head = dinov2::DepthHead::load(argv[2], model);
-    const dinov2::Preprocessor pre(dinov2::Recipe::patch_aligned(518));
+    const auto pre = dinov2::Preprocessor::for_model(model, dinov2::Recipe::patch_aligned(518));
     const cv::Mat image = dinov2::load_image(argv[3]);
     const dinov2::Batch batch = pre(dinov2::image_view(image));
 
-    const at::Tensor depth = head.predict(model, batch.pixels)[0].cpu();  // [H, W] metres
+    // The flow runs one way: the model gives the block outputs the head reads, the head predicts.
+    const dinov2::LayerFeatures blocks = model.intermediate_layers(batch, head.layers());
+    const at::Tensor depth = head.predict(blocks)[0].cpu();  // [H, W] metres
     const float lo = depth.min().item<float>(), hi = depth.max().item<float>();
     // Near is bright: scale from the farthest (0) to the nearest (255) depth of this image.
     const at::Tensor u8 =

@@ -7,6 +7,7 @@
 /// dinov2/model.hpp, which needs neither.
 #pragma once
 
+#include "dinov2/classifier.hpp"
 #include "dinov2/eigen.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/features.hpp"

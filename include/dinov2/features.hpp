@@ -47,6 +47,16 @@ struct Features {
   Features cpu() const;
 };
 
+/// @brief Which block outputs to compute: what a head reads (each head's layers()), given to
+/// Model::intermediate_layers or PipelineOptions::layers.
+struct LayerRequest {
+  /// @brief 0-based block indices, negative ones counted from the end (-1 = the last block).
+  std::vector<int64_t> blocks{-1};
+  /// @brief Pass each output through the final LayerNorm (true for the classifiers and the
+  /// segmentation heads; the official depth heads use false).
+  bool norm = true;
+};
+
 /// @brief Outputs of chosen transformer blocks (Model::intermediate_layers); registers dropped.
 struct LayerFeatures {
   /// @brief The block of each entry: 0-based, negative indices resolved, in the order asked for.

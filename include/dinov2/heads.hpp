@@ -8,6 +8,10 @@
 /// Every failure throws a dinov2::Error: ModelFileError for a missing, foreign or too new file or
 /// one whose kind, backbone or width does not fit; InputError for features of the wrong shape.
 ///
+/// Every head has one shape: layers() says which block outputs it reads, and it consumes
+/// Features or LayerFeatures, never a Model, so the flow runs one way (model -> features ->
+/// head): logits() gives raw scores, predict() the answer (a class, a depth map, a label map).
+///
 /// A head runs on the device of the features it is given. Heads loaded with a Model are placed
 /// on that model's device once; heads loaded without one live on the CPU and copy their
 /// parameters to the features' device on every call.
@@ -69,10 +73,21 @@ struct HeadData {
 };
 }  // namespace detail
 
+/// @brief The k most probable classes of each row of `logits`, most probable first.
+/// @param logits [B, C] any device and floating dtype; softmax is taken over C.
+/// @param k 1..C.
+/// @param class_names C names in label order, or empty (names are then the indices).
+std::vector<std::vector<ClassScore>> top_k(const at::Tensor& logits, int64_t k,
+                                           const std::vector<std::string>& class_names);
+
 /// @brief ImageNet-1k linear classifier on [CLS of the last L blocks, mean of the last patches].
 ///
-/// L = 1 (`linear` files) reads Features; L = 4 (`linear4`) reads the last four blocks (normed),
-/// which only a Model or LayerFeatures can provide.
+/// L = 1 (`linear` files) reads Features or the last block; L = 4 (`linear4`) reads the last
+/// four blocks (normed), which only LayerFeatures hold:
+/// @code
+/// const auto head = dinov2::LinearClassifier::load("linear4.pt", model);
+/// const auto top = head.top_k(head.logits(model.intermediate_layers(batch, head.layers())), 5);
+/// @endcode
 class LinearClassifier {
  public:
   /// @brief Loads a head file on the CPU; throws ModelFileError if it is not a classifier head.
@@ -85,22 +100,24 @@ class LinearClassifier {
   const HeadInfo& info() const { return d_.info; }
   /// @brief L: how many final blocks contribute a CLS token (1 or 4).
   int64_t n_last_blocks() const { return static_cast<int64_t>(d_.info.blocks.size()); }
+  /// @brief The block outputs the head reads: the last L blocks, normed.
+  LayerRequest layers() const { return {d_.info.blocks, true}; }
   /// @brief Throws ModelFileError naming the mismatch when this head does not fit `model`.
   void check_compatible(const ModelInfo& model) const;
 
-  /// @brief Runs the backbone as this head needs and returns the logits.
-  /// @param pixels [B, 3, H, W] normalised pixels (see Model).
-  /// @return [B, num_classes] float32 on the model's device.
-  at::Tensor logits(const Model& model, const at::Tensor& pixels) const;
   /// @brief Logits from Features (L = 1 only; a linear4 head throws InputError).
   /// @return [B, num_classes] float32 on the features' device.
   at::Tensor logits(const Features& features) const;
-  /// @brief Logits from the outputs of the last L blocks in order, normed
-  /// (Model::intermediate_layers(pixels, {-L, ..., -1}, true)).
+  /// @brief Logits from the block outputs of layers().
   /// @return [B, num_classes] float32 on the features' device.
   at::Tensor logits(const LayerFeatures& features) const;
+  /// @brief The most probable class of each image.
+  /// @return [B] int64 on the features' device.
+  at::Tensor predict(const Features& features) const;
+  /// @brief As above from the block outputs of layers().
+  at::Tensor predict(const LayerFeatures& features) const;
 
-  /// @brief The k most probable classes of each image, most probable first.
+  /// @brief The k most probable classes of each image with their ImageNet names.
   /// @param logits [B, num_classes] as returned by logits(); any device.
   /// @param k 1..num_classes.
   std::vector<std::vector<ClassScore>> top_k(const at::Tensor& logits, int64_t k) const;
@@ -120,17 +137,15 @@ class DepthHead {
 
   /// @brief The file's description (blocks, norm, depth range).
   const HeadInfo& info() const { return d_.info; }
+  /// @brief The block outputs the head reads (info().blocks, normed as info().norm says).
+  LayerRequest layers() const { return {d_.info.blocks, d_.info.norm}; }
   /// @brief Throws ModelFileError naming the mismatch when this head does not fit `model`.
   void check_compatible(const ModelInfo& model) const;
 
-  /// @brief Runs the backbone blocks this head reads and predicts metric depth.
-  /// @param pixels [B, 3, H, W] normalised pixels (see Model).
-  /// @return [B, H, W] float32 depth in metres within [min_depth, max_depth], model's device.
-  at::Tensor predict(const Model& model, const at::Tensor& pixels) const;
-  /// @brief Depth from block outputs: indices must equal info().blocks and be un-normed when
-  /// info().norm is false (Model::intermediate_layers(pixels, info().blocks, info().norm)).
+  /// @brief Metric depth from the block outputs of layers().
   /// @param height, width output size; 0 means the input size (patch grid x patch_size).
-  /// @return [B, height, width] float32 on the features' device.
+  /// @return [B, height, width] float32 depth in metres within [min_depth, max_depth], on the
+  /// features' device.
   at::Tensor predict(const LayerFeatures& features, int64_t height = 0, int64_t width = 0) const;
 
  private:
@@ -149,28 +164,27 @@ class SegmentationHead {
 
   /// @brief The file's description (classes, palette).
   const HeadInfo& info() const { return d_.info; }
+  /// @brief The block output the head reads (the last block, normed).
+  LayerRequest layers() const { return {d_.info.blocks, d_.info.norm}; }
   /// @brief Throws ModelFileError naming the mismatch when this head does not fit `model`.
   void check_compatible(const ModelInfo& model) const;
 
-  /// @brief Per-patch class logits.
-  /// @param pixels [B, 3, H, W] normalised pixels (see Model).
-  /// @return [B, num_classes, h, w] float32 on the model's device.
-  at::Tensor logits(const Model& model, const at::Tensor& pixels) const;
   /// @brief Per-patch logits from Features, whose patches are the last block's normed output:
   /// valid for a full-depth model, where that is the block the head reads.
   /// @return [B, num_classes, h, w] float32 on the features' device.
   at::Tensor logits(const Features& features) const;
-  /// @brief Per-patch logits from one block output (Model::intermediate_layers(pixels,
-  /// info().blocks, true)).
+  /// @brief Per-patch logits from the block output of layers().
   at::Tensor logits(const LayerFeatures& features) const;
+  /// @brief Labels at the input size (patch grid x patch_size): logits() then labels().
+  /// @return [B, H, W] int64 on the features' device.
+  at::Tensor predict(const Features& features) const;
+  /// @brief As above from the block output of layers().
+  at::Tensor predict(const LayerFeatures& features) const;
 
-  /// @brief Labels at image resolution: logits resized (bilinear) to height x width, arg-max.
+  /// @brief Labels at any resolution: logits resized (bilinear) to height x width, arg-max.
   /// @param logits [B, num_classes, h, w] as returned by logits().
   /// @return [B, height, width] int64 on the logits' device.
   at::Tensor labels(const at::Tensor& logits, int64_t height, int64_t width) const;
-  /// @brief logits() then labels() at the input size.
-  /// @return [B, H, W] int64 on the model's device.
-  at::Tensor predict(const Model& model, const at::Tensor& pixels) const;
   /// @brief Colours labels with the dataset palette.
   /// @param labels [B, H, W] integer labels in [0, num_classes).
   /// @return [B, H, W, 3] uint8 RGB on the CPU.

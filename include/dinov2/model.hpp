@@ -142,6 +142,14 @@ class Model {
   /// @brief As above for a preprocessed batch; keeps batch.grids.
   LayerFeatures intermediate_layers(const Batch& batch, const std::vector<int64_t>& blocks,
                                     bool norm = true) const;
+  /// @brief The block outputs a head reads: `intermediate_layers(batch, head.layers())`.
+  LayerFeatures intermediate_layers(const Batch& batch, const LayerRequest& request) const {
+    return intermediate_layers(batch, request.blocks, request.norm);
+  }
+  /// @brief As above for normalised pixels [B, 3, H, W].
+  LayerFeatures intermediate_layers(const at::Tensor& pixels, const LayerRequest& request) const {
+    return intermediate_layers(pixels, request.blocks, request.norm);
+  }
 
   /// @brief Attention of the CLS query over the patch keys in the last block (softmax over all
   /// tokens, then the patch columns kept), the usual DINO attention map.

@@ -30,9 +30,11 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "dinov2/features.hpp"
 #include "dinov2/image.hpp"
 #include "dinov2/patch_grid.hpp"
 #include "dinov2/preprocess.hpp"
@@ -103,6 +105,10 @@ struct PipelineOptions {
   /// @brief Keep the patch tokens in the results; false drops them as soon as a batch is run
   /// (less memory when only CLS embeddings are wanted). Default true.
   bool patches = true;
+  /// @brief Run Model::intermediate_layers with this request instead of extract_features: each
+  /// result then holds ImageFeatures::layers (what a head reads, e.g. `head.layers()`) and no
+  /// cls, registers or patches. Unset by default.
+  std::optional<LayerRequest> layers;
 
   /// @brief Sets batch_size.
   PipelineOptions& with_batch_size(int n) {
@@ -134,6 +140,11 @@ struct PipelineOptions {
     patches = on;
     return *this;
   }
+  /// @brief Sets layers.
+  PipelineOptions& with_layers(LayerRequest request) {
+    layers = std::move(request);
+    return *this;
+  }
 };
 
 /// @brief The result for one input: its features, or the reason it failed.
@@ -150,6 +161,9 @@ struct ImageFeatures {
   at::Tensor cls;        ///< [D]
   at::Tensor registers;  ///< [R, D] (R = 0 or 4)
   at::Tensor patches;    ///< [h, w, D]; undefined when PipelineOptions::patches is false
+  /// @brief With PipelineOptions::layers: the requested block outputs of this image as a batch
+  /// of one (patches [1, h, w, D], cls [1, D]), ready for a head; empty otherwise.
+  LayerFeatures layers;
   /// @brief Whether the image was run.
   bool ok() const noexcept { return error.empty(); }
 };

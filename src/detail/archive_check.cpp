@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <exception>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 namespace dinov2::detail {
@@ -184,6 +185,13 @@ std::string pickle_problem(const std::string& path) {
     // Not a readable archive: torch::jit::load says so with its own words.
   }
   return "";
+}
+
+bool has_zip_magic(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[4] = {0, 0, 0, 0};
+  in.read(magic, 4);
+  return in && magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4;
 }
 
 }  // namespace dinov2::detail

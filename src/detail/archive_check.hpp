@@ -19,4 +19,8 @@ namespace dinov2::detail {
 /// know ends the walk: the unpickler stops at the same place.
 std::string pickle_problem(const std::string& path);
 
+/// Whether the file at `path` starts with a zip local-file header ("PK\3\4"), as every
+/// TorchScript archive, AOTInductor package and head file does; false when it cannot be read.
+bool has_zip_magic(const std::string& path);
+
 }  // namespace dinov2::detail

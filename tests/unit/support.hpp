@@ -27,6 +27,9 @@
 
 #include <torch/serialize.h>
 
+#include <stdlib.h>
+
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -35,6 +38,31 @@
 #include <vector>
 
 namespace dinov2::test {
+
+/// @brief A fresh folder under the system's temporary folder, removed with its contents at the
+/// end of the scope.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    std::string name = (std::filesystem::temp_directory_path() / "dinov2_test_XXXXXX").string();
+    REQUIRE(::mkdtemp(name.data()) != nullptr);
+    path = name;
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  /// @brief Writes `bytes` to the file `name` in the folder and returns its path.
+  std::string write(const std::string& name, const std::string& bytes) const {
+    const std::filesystem::path file = path / name;
+    std::ofstream(file, std::ios::binary) << bytes;
+    return file.string();
+  }
+  /// @brief The path of `name` in the folder.
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
 
 /// @brief The substring matcher under its v3 name (v2 calls it Contains).
 #if DINOV2_CATCH_V3

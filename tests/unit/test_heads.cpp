@@ -14,6 +14,7 @@
 #include <functional>
 #include <sstream>
 
+#include "dinov2/classifier.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/heads.hpp"
 #include "dinov2/model.hpp"
@@ -129,11 +130,93 @@ TEST_CASE("A four-layer classifier reads the CLS of the last four blocks", "[hea
 TEST_CASE("Classifiers run end to end on a backbone file", "[heads][model]") {
   for (const std::string stem : {"heads_linear", "heads_linear4"}) {
     const auto clf = dinov2::LinearClassifier::load(head(stem), backbone());
-    const at::Tensor logits = clf.logits(backbone(), reference("pixels"));
+    const auto lf = backbone().intermediate_layers(reference("pixels"), clf.layers());
+    const at::Tensor logits = clf.logits(lf);
     const double err = max_abs_diff(logits, reference(stem + "/logits"));
     INFO(stem << " logits, end to end: max abs error " << err);
     CHECK(err <= kLogitTol);
+    CHECK(at::equal(clf.predict(lf), logits.argmax(1)));
+
+    // The same head behind the Classifier interface that also takes trained probes.
+    const auto any = dinov2::Classifier::load(head(stem), backbone());
+    CHECK(any.kind() == dinov2::Classifier::Kind::kLinearHead);
+    CHECK(any.layers().blocks == clf.info().blocks);
+    CHECK(any.num_classes() == 1000);
+    CHECK(at::equal(any.logits(lf), logits));
+    CHECK(any.recipe().to_string() == dinov2::Recipe::eval_center_crop().to_string());
   }
+}
+
+TEST_CASE("Classifier runs a trained probe through the same interface as a head",
+          "[heads][model]") {
+  dinov2::test::TempDir dir;
+  const auto lf = backbone().intermediate_layers(reference("pixels"), dinov2::LayerRequest{});
+  const at::Tensor pooled = at::cat({lf.cls[0], lf.patches[0].mean({1, 2})}, 1);  // [2, 768]
+  // A probe on random features of the widths the backbone gives (pooled 768, CLS 384).
+  at::manual_seed(7);
+  for (const bool cls : {false, true}) {
+    const int64_t width = cls ? 384 : 768;
+    auto probe = dinov2::LinearProbe::train(at::randn({12, width}),
+                                            at::arange(12, at::kLong).remainder(3), 3);
+    probe.set_class_names({"a", "b", "c"});
+    probe.metadata()["variant"] = backbone().info().variant;
+    probe.metadata()["features"] = cls ? "cls" : "pooled";
+    probe.metadata()["recipe"] = "square(224)";
+    const std::string path = dir.file(cls ? "cls.safetensors" : "pooled.safetensors");
+    probe.save(path);
+
+    const auto c = dinov2::Classifier::load(path, backbone());
+    CHECK(c.kind() == dinov2::Classifier::Kind::kProbe);
+    CHECK(c.layers().blocks == std::vector<int64_t>{-1});
+    CHECK(c.layers().norm);
+    CHECK(c.num_classes() == 3);
+    CHECK(c.recipe().to_string() == "square(224)");
+    const at::Tensor expected = probe.logits(cls ? lf.cls[0] : pooled);
+    const at::Tensor logits = c.logits(lf);
+    CHECK(max_abs_diff(logits, expected) == 0.0);
+    CHECK(at::equal(c.predict(lf), expected.argmax(1)));
+    const auto top = c.top_k(logits, 3);
+    REQUIRE(top.size() == 2);
+    CHECK(top[0][0].name == std::string(1, static_cast<char>('a' + top[0][0].index)));
+  }
+
+  // Probes made for other features are refused when loaded, naming the mismatch.
+  auto probe = dinov2::LinearProbe::train(at::randn({6, 768}), at::arange(6).remainder(2), 2);
+  probe.metadata()["variant"] = "dinov2_vitb14";
+  probe.save(dir.file("other.safetensors"));
+  auto msg = error_of([&] { dinov2::Classifier::load(dir.file("other.safetensors"), backbone()); },
+                      dinov2::ErrorCode::kModelFile);
+  CHECK(contains(msg, "trained on dinov2_vitb14 features but the model is dinov2_vits14"));
+  probe.metadata()["variant"] = backbone().info().variant;
+  probe.metadata()["features"] = "cls";  // 768 wide, but the CLS token is 384 wide
+  probe.save(dir.file("wide.safetensors"));
+  msg = error_of([&] { dinov2::Classifier::load(dir.file("wide.safetensors"), backbone()); },
+                 dinov2::ErrorCode::kModelFile);
+  CHECK(contains(msg, "reads 768-wide features but the model gives 384-wide ones"));
+  const std::string text = dir.write("notes.txt", "neither a head nor a probe");
+  msg =
+      error_of([&] { dinov2::Classifier::load(text, backbone()); }, dinov2::ErrorCode::kModelFile);
+  CHECK(contains(msg, "notes.txt"));
+}
+
+TEST_CASE("top_k without class names names each class by its index", "[heads]") {
+  const at::Tensor logits = at::tensor({0.0f, 3.0f, 1.0f, 2.0f}).view({1, 4});
+  const auto top = dinov2::top_k(logits, 2, {});
+  REQUIRE(top.size() == 1);
+  REQUIRE(top[0].size() == 2);
+  CHECK(top[0][0].index == 1);
+  CHECK(top[0][0].name == "1");
+  CHECK(top[0][1].index == 3);
+  const double p1 = std::exp(3.0) / (1.0 + std::exp(3.0) + std::exp(1.0) + std::exp(2.0));
+  CHECK(std::abs(top[0][0].probability - p1) < 1e-6);
+  auto msg = error_of(
+      [&] {
+        dinov2::top_k(logits, 2, {"a", "b"});
+      },
+      dinov2::ErrorCode::kInvalidArgument);
+  CHECK(contains(msg, "2 class names for 4 classes"));
+  msg = error_of([&] { dinov2::top_k(logits, 5, {}); }, dinov2::ErrorCode::kInvalidArgument);
+  CHECK(contains(msg, "k is 5; it must be in 1..4"));
 }
 
 TEST_CASE("top_k gives the most probable classes with their ImageNet names", "[heads]") {
@@ -188,7 +271,8 @@ TEST_CASE("Depth heads give the official depth map at the input resolution", "[h
     CHECK(half.sizes() == at::IntArrayRef({2, 35, 63}));
 
     const auto e2e = dinov2::DepthHead::load(head(c.stem), backbone());
-    const double err2 = max_rel_diff(e2e.predict(backbone(), reference("pixels")), expected);
+    const double err2 = max_rel_diff(
+        e2e.predict(backbone().intermediate_layers(reference("pixels"), e2e.layers())), expected);
     INFO(c.stem << " depth, end to end: max relative error " << err2);
     CHECK(err2 <= kDepthRelEndToEnd);
   }
@@ -213,13 +297,14 @@ TEST_CASE("Segmentation heads give the official logits and labels", "[heads]") {
     CHECK(max_abs_diff(seg.logits(f), expected) <= kLogitTol);
 
     const auto e2e = dinov2::SegmentationHead::load(head(stem), backbone());
-    const double err2 = max_abs_diff(e2e.logits(backbone(), reference("pixels")), expected);
+    const auto lf = backbone().intermediate_layers(reference("pixels"), e2e.layers());
+    const double err2 = max_abs_diff(e2e.logits(lf), expected);
     INFO(stem << " logits, end to end: max abs error " << err2);
     CHECK(err2 <= kLogitTol);
 
     // Labels: the arg-max of the logits resized to the input; a pixel may only differ where the
     // two best classes are within the logit tolerance of each other.
-    const at::Tensor labels = e2e.predict(backbone(), reference("pixels"));
+    const at::Tensor labels = e2e.predict(lf);
     REQUIRE(labels.sizes() == at::IntArrayRef({2, 70, 126}));
     CHECK(labels.scalar_type() == at::kLong);
     const at::Tensor differ = labels.ne(reference(stem + "/labels"));
@@ -301,7 +386,7 @@ TEST_CASE("Head files that do not fit are refused with a dinov2::Error naming th
       [] { dinov2::LinearClassifier::load(head("heads_linear_vits14_reg"), backbone()); }, file);
   CHECK(contains(msg, "trained on dinov2_vits14_reg, but the model is dinov2_vits14"));
   const auto clf = dinov2::LinearClassifier::load(head("heads_linear_vitb14"));
-  msg = error_of([&] { clf.logits(backbone(), reference("pixels")); }, file);
+  msg = error_of([&] { clf.check_compatible(backbone().info()); }, file);
   CHECK(contains(msg, "width 768"));
   const auto reduced = dinov2::Model::load(data_path("heads_backbone_d2.pt"));
   msg = error_of([&] { dinov2::DepthHead::load(head("heads_depth4_kitti"), reduced); }, file);

@@ -106,24 +106,7 @@ std::string input_error(F&& f) {
   return dinov2::test::message_of<InputError>(std::forward<F>(f));
 }
 
-/// A fresh folder under the system's temporary folder, removed with its contents at the end.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string name = (fs::temp_directory_path() / "dinov2_test_image_XXXXXX").string();
-    REQUIRE(::mkdtemp(name.data()) != nullptr);
-    path = name;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string write(const std::string& name, const std::string& bytes) const {
-    const fs::path file = path / name;
-    std::ofstream(file, std::ios::binary) << bytes;
-    return file.string();
-  }
-};
+using dinov2::test::TempDir;
 
 double max_difference(const cv::Mat& a, const cv::Mat& b) {
   REQUIRE(a.size() == b.size());

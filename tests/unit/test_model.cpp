@@ -273,7 +273,7 @@ TEST_CASE("block indices out of range or missing are refused", "[model][errors]"
     CHECK_THAT(msg, ContainsSubstring("block index " + std::to_string(bad)));
     CHECK_THAT(msg, ContainsSubstring("4 blocks"));
   }
-  CHECK_THAT(message_of<dinov2::Error>([&] { m.intermediate_layers(x, {}); }),
+  CHECK_THAT(message_of<dinov2::Error>([&] { m.intermediate_layers(x, std::vector<int64_t>{}); }),
              ContainsSubstring("at least one block"));
 }
 

@@ -100,6 +100,43 @@ TEST_CASE("a Pipeline gives per-image features in input order and failures as va
   CHECK(results[0].grid.rows != results[1].grid.rows);  // two shapes at least, as intended
 }
 
+TEST_CASE("a Pipeline with a LayerRequest gives each image the block outputs a head reads",
+          "[pipeline]") {
+  const auto model = dinov2::Model::load(data_path("model_s4reg.pt"));
+  const Recipe recipe = Recipe::patch_aligned(126, 4096);
+  const dinov2::LayerRequest request{{1, -1}, false};
+  const Pipeline pipeline(model, recipe, PipelineOptions{}.with_batch_size(2).with_layers(request));
+  const std::vector<std::string> names = {"astronaut.jpg", "chelsea.png", "coffee.jpg"};
+  std::vector<std::string> paths;
+  for (const auto& n : names) paths.push_back(sample(n));
+  paths.insert(paths.begin() + 1, data_path("pipeline_missing.png"));
+  const std::vector<ImageFeatures> results = pipeline.run(ImageSource::files(paths));
+  REQUIRE(results.size() == 4);
+  CHECK_FALSE(results[1].ok());
+  CHECK(results[1].layers.size() == 0);
+  const dinov2::Preprocessor alone = dinov2::Preprocessor::for_model(model, recipe);
+  for (const std::size_t i : {0, 2, 3}) {
+    const ImageFeatures& r = results[i];
+    INFO("input " << i << " " << r.name << ": " << r.error);
+    REQUIRE(r.ok());
+    CHECK_FALSE(r.cls.defined());
+    CHECK_FALSE(r.patches.defined());
+    const dinov2::Batch batch = alone(dinov2::image_view(dinov2::load_image(paths[i])));
+    const dinov2::LayerFeatures ref = model.intermediate_layers(batch, request);
+    REQUIRE(r.layers.size() == 2);
+    CHECK(r.layers.indices == ref.indices);
+    CHECK(r.layers.indices == std::vector<int64_t>{1, model.info().depth - 1});
+    REQUIRE(r.layers.grids.size() == 1);
+    CHECK(r.layers.grids[0].rows == r.grid.rows);
+    for (std::size_t e = 0; e < 2; ++e) {
+      REQUIRE(r.layers.patches[e].sizes() == ref.patches[e].sizes());  // [1, h, w, D]
+      REQUIRE(r.layers.cls[e].sizes() == ref.cls[e].sizes());          // [1, D]
+      CHECK(max_abs_diff(r.layers.patches[e], ref.patches[e]) < 1e-5);
+      CHECK(max_abs_diff(r.layers.cls[e], ref.cls[e]) < 1e-5);
+    }
+  }
+}
+
 TEST_CASE("a Pipeline holds at most two windows of images and reports progress in order",
           "[pipeline][threads]") {
   const auto model = dinov2::Model::load(data_path("model_s4.pt"));

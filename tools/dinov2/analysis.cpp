@@ -27,22 +27,14 @@ Preprocessor model_preprocessor(const Model& model, const Recipe& recipe) {
   return Preprocessor::for_model(model, recipe);
 }
 
-std::optional<InputImage> read_input(const std::string& path, const Preprocessor& pre) {
+PipelineOptions per_image_options() {
+  return PipelineOptions{}.with_batch_size(1).with_limits(input_limits());
+}
+
+cv::Mat read_bgr(const std::string& path) {
   ImageFile file = read_image(path);
-  if (!file.ok()) {
-    std::cerr << fmt::format("dinov2: skipped {}: {}\n", path, file.error);
-    return std::nullopt;
-  }
-  InputImage image;
-  image.path = path;
-  image.bgr = file.image;
-  try {
-    image.batch = pre(image_view(image.bgr));
-  } catch (const InputError& e) {
-    std::cerr << fmt::format("dinov2: skipped {}: {}\n", path, e.message());
-    return std::nullopt;
-  }
-  return image;
+  if (!file.ok()) throw InputError(fmt::format("dinov2: cannot read {}: {}", path, file.error));
+  return file.image;
 }
 
 at::Tensor rgb_tensor(const cv::Mat& bgr) {
@@ -178,18 +170,16 @@ std::vector<std::string> require_images(const std::vector<std::string>& inputs) 
   return paths;
 }
 
-int for_each_image(const std::vector<std::string>& paths, const Preprocessor& pre,
-                   const std::function<void(const InputImage&)>& fn) {
-  size_t failed = 0;
-  for (const auto& path : paths) {
-    const auto image = read_input(path, pre);
-    if (image) {
-      fn(*image);
+int for_each_image(const Pipeline& pipeline, const std::vector<std::string>& paths,
+                   const std::function<void(const ImageFeatures&)>& fn) {
+  const PipelineSummary summary = pipeline.run(ImageSource::files(paths), [&](ImageFeatures&& r) {
+    if (r.ok()) {
+      fn(r);
     } else {
-      ++failed;
+      std::cerr << fmt::format("dinov2: skipped {}: {}\n", r.name, r.error);
     }
-  }
-  return images_exit_status(failed, paths.size());
+  });
+  return images_exit_status(summary.failed, paths.size());
 }
 
 std::string format_confusion(const at::Tensor& confusion, const std::vector<std::string>& names) {

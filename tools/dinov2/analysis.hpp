@@ -10,13 +10,13 @@
 
 #include <cstdint>
 #include <functional>
-#include <optional>
 #include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "dinov2/model.hpp"
+#include "dinov2/pipeline.hpp"
 #include "dinov2/preprocess.hpp"
 
 namespace dinov2::cli {
@@ -24,16 +24,14 @@ namespace dinov2::cli {
 /// @brief The preprocessor for `recipe` with the normalisation stored in the model file.
 Preprocessor model_preprocessor(const Model& model, const Recipe& recipe);
 
-/// @brief A decoded and preprocessed image.
-struct InputImage {
-  std::string path;
-  cv::Mat bgr;  ///< the decoded image, CV_8UC3 BGR
-  Batch batch;  ///< pixels [1, 3, H, W] and the grid
-};
+/// @brief The Pipeline options of the per-image commands (classify, depth, segment, pca): the
+/// tool's image limits, and one image per forward pass, so that what is written for an image does
+/// not depend on which other images were given with it.
+PipelineOptions per_image_options();
 
-/// @brief Reads and preprocesses one image; on failure prints `dinov2: skipped PATH: REASON` to
-/// stderr and returns nothing.
-std::optional<InputImage> read_input(const std::string& path, const Preprocessor& pre);
+/// @brief The decoded image at `path` (CV_8UC3 BGR, EXIF orientation applied, as the Pipeline
+/// reads it), for pictures drawn over the input; throws InputError when it cannot be read.
+cv::Mat read_bgr(const std::string& path);
 
 /// @brief [H, W, 3] uint8 RGB copy of a BGR cv::Mat.
 at::Tensor rgb_tensor(const cv::Mat& bgr);
@@ -88,11 +86,11 @@ int images_exit_status(size_t failed, size_t total);
 /// (kInvalidArgument) when they name none.
 std::vector<std::string> require_images(const std::vector<std::string>& inputs);
 
-/// @brief Reads and preprocesses each image of `paths` in turn (read_input) and calls `fn` with
-/// it; an image that cannot be read is reported and skipped.
+/// @brief Runs `pipeline` over `paths` and calls `fn` with each image that ran, in input order;
+/// each one that did not is reported on stderr as `dinov2: skipped PATH: REASON`.
 /// @return images_exit_status of the run.
-int for_each_image(const std::vector<std::string>& paths, const Preprocessor& pre,
-                   const std::function<void(const InputImage&)>& fn);
+int for_each_image(const Pipeline& pipeline, const std::vector<std::string>& paths,
+                   const std::function<void(const ImageFeatures&)>& fn);
 
 /// @brief A table of counts with row and column labels, for confusion matrices.
 std::string format_confusion(const at::Tensor& confusion, const std::vector<std::string>& names);

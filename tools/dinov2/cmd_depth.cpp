@@ -44,12 +44,13 @@ int run_depth(const DepthArgs& args) {
   make_folder(args.output);
   const Model model = args.model.load();
   const DepthHead head = DepthHead::load(args.head, model);
-  const Preprocessor pre = model_preprocessor(model, parse_recipe(args.recipe));
+  const Pipeline pipeline(model, parse_recipe(args.recipe),
+                          per_image_options().with_layers(head.layers()));
   std::set<std::string> used;
-  return for_each_image(paths, pre, [&](const InputImage& image) {
-    const std::string& path = image.path;
-    const PatchGrid& grid = image.batch.grids[0];
-    const at::Tensor depth = head.predict(model, image.batch.pixels)[0].cpu();  // [H, W] metres
+  return for_each_image(pipeline, paths, [&](const ImageFeatures& image) {
+    const std::string& path = image.name;
+    const PatchGrid& grid = image.grid;
+    const at::Tensor depth = head.predict(image.layers)[0].cpu();  // [H, W] metres
     const double lo = depth.min().item<double>(), hi = depth.max().item<double>();
     // Near is bright: 255 at the nearest depth of this image, 0 at the farthest.
     const at::Tensor scaled =

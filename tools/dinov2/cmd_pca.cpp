@@ -36,23 +36,20 @@ int run_pca(const PcaArgs& args) {
   const auto paths = require_images(args.inputs);
   make_folder(args.output);
   const Model model = args.model.load();
-  const Preprocessor pre = model_preprocessor(model, parse_recipe(args.recipe));
+  const Pipeline pipeline(model, parse_recipe(args.recipe), per_image_options());
 
-  std::vector<InputImage> images;
+  std::vector<ImageFeatures> images;  // the grid and patches of each image that ran
   std::vector<at::Tensor> patches;
-  int64_t failed = 0;
   Progress progress(static_cast<int64_t>(paths.size()), 0);
-  for (const auto& path : paths) {
-    auto image = read_input(path, pre);
+  const PipelineSummary run = pipeline.run(ImageSource::files(paths), [&](ImageFeatures&& r) {
     progress.advance(1);
-    if (!image) {
-      ++failed;
-      continue;
+    if (!r.ok()) {
+      progress.message(fmt::format("dinov2: skipped {}: {}", r.name, r.error));
+      return;
     }
-    patches.push_back(model.extract_features(image->batch).patches[0].cpu());
-    image->batch.pixels = at::Tensor();  // keep the decoded image and grid only
-    images.push_back(std::move(*image));
-  }
+    patches.push_back(r.patches);
+    images.push_back(std::move(r));
+  });
   progress.finish();
   if (images.empty()) {
     std::cerr << "dinov2: none of the inputs could be read\n";
@@ -70,11 +67,11 @@ int run_pca(const PcaArgs& args) {
   std::set<std::string> used;
   std::vector<std::vector<at::Tensor>> sheet;
   for (size_t i = 0; i < images.size(); ++i) {
-    const PatchGrid& grid = images[i].batch.grids[0];
+    const PatchGrid& grid = images[i].grid;
     const at::Tensor picture = upsample_to_original(pca.colors[i], grid, mode);
-    const std::string out = output_path(args.output, images[i].path, "_pca.png", used);
+    const std::string out = output_path(args.output, images[i].name, "_pca.png", used);
     save_png(out, picture);
-    std::vector<at::Tensor> row = {rgb_tensor(images[i].bgr), picture};
+    std::vector<at::Tensor> row = {rgb_tensor(read_bgr(images[i].name)), picture};
     if (args.mask) {
       const at::Tensor mask = upsample_to_original(pca.masks[i].to(at::kFloat).unsqueeze(2), grid,
                                                    Upsampling::kNearest);
@@ -82,7 +79,7 @@ int run_pca(const PcaArgs& args) {
       row.push_back(mask.squeeze(2));
     }
     sheet.push_back(std::move(row));
-    std::cout << fmt::format("{} -> {}\n", images[i].path, out);
+    std::cout << fmt::format("{} -> {}\n", images[i].name, out);
   }
   const std::string sheet_path = args.output + "/sheet.png";
   save_png(sheet_path, contact_sheet(sheet, args.sheet_height));
@@ -96,7 +93,7 @@ int run_pca(const PcaArgs& args) {
       "PCA of {} patches of {} image(s){}: variance along the {} component(s) {}; sheet {}\n",
       pca.pca.samples(), images.size(), args.mask ? " (foreground)" : "", variance.size(0), spread,
       sheet_path);
-  return images_exit_status(failed, paths.size());
+  return images_exit_status(run.failed, paths.size());
 }
 
 }  // namespace

@@ -42,12 +42,13 @@ int run_segment(const SegmentArgs& args) {
   const Model model = args.model.load();
   const SegmentationHead head = SegmentationHead::load(args.head, model);
   const HeadInfo& info = head.info();
-  const Preprocessor pre = model_preprocessor(model, parse_recipe(args.recipe));
+  const Pipeline pipeline(model, parse_recipe(args.recipe),
+                          per_image_options().with_layers(head.layers()));
   std::set<std::string> used;
-  return for_each_image(paths, pre, [&](const InputImage& image) {
-    const std::string& path = image.path;
-    const PatchGrid& grid = image.batch.grids[0];
-    const at::Tensor logits = head.logits(model, image.batch.pixels);
+  return for_each_image(pipeline, paths, [&](const ImageFeatures& image) {
+    const std::string& path = image.name;
+    const PatchGrid& grid = image.grid;
+    const at::Tensor logits = head.logits(image.layers);
     // Labels at the size of the region the model saw, placed on the original image.
     const int64_t x0 = std::llround(grid.crop_x), y0 = std::llround(grid.crop_y);
     const int64_t x1 =
@@ -62,7 +63,7 @@ int run_segment(const SegmentArgs& args) {
     write_png(out, bgr_mat(full));
     if (args.overlay) {
       cv::Mat blended;
-      cv::addWeighted(image.bgr, 0.5, bgr_mat(full), 0.5, 0.0, blended);
+      cv::addWeighted(read_bgr(path), 0.5, bgr_mat(full), 0.5, 0.0, blended);
       write_png(out.substr(0, out.size() - 8) + "_overlay.png", blended);
     }
     // The three largest classes of the image, by pixel share.
