@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cctype>
@@ -36,7 +37,6 @@ using detail::parallel_rows;
 using detail::resample;
 using detail::Resampled;
 using detail::TapCache;
-using detail::text;
 
 // ---------------------------------------------------------------------------------------------
 // One image through the plan
@@ -71,31 +71,31 @@ const char* sample_type_name(SampleType type) {
 
 // Checks an ImageView and returns its row stride in bytes.
 int64_t checked_stride(const ImageView& image, std::size_t index, std::size_t count) {
-  const std::string which = count > 1 ? text("image {}", index) : std::string("image");
+  const std::string which = count > 1 ? fmt::format("image {}", index) : std::string("image");
   if (image.data == nullptr || image.height <= 0 || image.width <= 0) {
-    throw InputError(
-        text("dinov2: {} is empty ({}x{} pixels{}); check that it was loaded or decoded correctly",
-             which, image.height, image.width, image.data == nullptr ? ", no pixel data" : ""));
+    throw InputError(fmt::format(
+        "dinov2: {} is empty ({}x{} pixels{}); check that it was loaded or decoded correctly",
+        which, image.height, image.width, image.data == nullptr ? ", no pixel data" : ""));
   }
   if (image.channels != 1 && image.channels != 3 && image.channels != 4) {
-    throw InputError(
-        text("dinov2: {} has {} channels; expected 1 (gray), 3 (colour) or 4 (colour and alpha); "
-             "convert it to RGB or BGR first",
-             which, image.channels));
+    throw InputError(fmt::format(
+        "dinov2: {} has {} channels; expected 1 (gray), 3 (colour) or 4 (colour and alpha); "
+        "convert it to RGB or BGR first",
+        which, image.channels));
   }
   const int bytes = bytes_per_sample(image.type);
   if (bytes == 0) {
-    throw InputError(
-        text("dinov2: {} has an unknown SampleType ({})", which, static_cast<int>(image.type)));
+    throw InputError(fmt::format("dinov2: {} has an unknown SampleType ({})", which,
+                                 static_cast<int>(image.type)));
   }
   const int64_t packed = image.width * image.channels * bytes;
   const int64_t stride = image.row_stride == 0 ? packed : image.row_stride;
   if (stride < packed) {
     throw InputError(
-        text("dinov2: {} has row_stride {} bytes, less than one row of {} {} pixels with {} "
-             "channels ({} bytes); set row_stride to 0 for packed rows",
-             which, image.row_stride, image.width, sample_type_name(image.type), image.channels,
-             packed));
+        fmt::format("dinov2: {} has row_stride {} bytes, less than one row of {} {} pixels with {} "
+                    "channels ({} bytes); set row_stride to 0 for packed rows",
+                    which, image.row_stride, image.width, sample_type_name(image.type),
+                    image.channels, packed));
   }
   return stride;
 }
@@ -178,13 +178,13 @@ struct TensorImage {
 TensorImage tensor_image(const at::Tensor& input, TensorLayout layout, ChannelOrder order,
                          const std::string& which) {
   if (!input.defined()) {
-    throw InputError(text("dinov2: {} is an undefined tensor; pass an image tensor", which));
+    throw InputError(fmt::format("dinov2: {} is an undefined tensor; pass an image tensor", which));
   }
   const auto sizes = input.sizes();
   if (input.dim() != 2 && input.dim() != 3) {
-    throw InputError(
-        text("dinov2: {} has {} dimensions (shape {}); expected [H, W], [H, W, C] or [C, H, W]",
-             which, input.dim(), shape_text(sizes)));
+    throw InputError(fmt::format(
+        "dinov2: {} has {} dimensions (shape {}); expected [H, W], [H, W, C] or [C, H, W]", which,
+        input.dim(), shape_text(sizes)));
   }
   SampleType type;
   at::Tensor t = input;
@@ -207,10 +207,10 @@ TensorImage tensor_image(const at::Tensor& input, TensorLayout layout, ChannelOr
       t = t.to(at::kFloat);
       break;
     default:
-      throw InputError(
-          text("dinov2: {} has dtype {}; expected uint8 (0..255), uint16 (0..65535) or a floating "
-               "dtype (0..1); convert it, e.g. with .to(at::kByte) for values 0..255",
-               which, c10::toString(input.scalar_type())));
+      throw InputError(fmt::format(
+          "dinov2: {} has dtype {}; expected uint8 (0..255), uint16 (0..65535) or a floating "
+          "dtype (0..1); convert it, e.g. with .to(at::kByte) for values 0..255",
+          which, c10::toString(input.scalar_type())));
   }
   if (t.dim() == 2) {
     t = t.unsqueeze(2);
@@ -220,7 +220,7 @@ TensorImage tensor_image(const at::Tensor& input, TensorLayout layout, ChannelOr
     const bool chw = is_channel_count(sizes[0]);
     if (layout == TensorLayout::kAuto) {
       if (hwc == chw) {
-        throw InputError(text(
+        throw InputError(fmt::format(
             "dinov2: cannot tell the layout of {} with shape {}: {}; pass TensorLayout::kHWC or "
             "TensorLayout::kCHW",
             which, shape_text(sizes),
@@ -231,10 +231,10 @@ TensorImage tensor_image(const at::Tensor& input, TensorLayout layout, ChannelOr
     }
     const int64_t channels = chosen == TensorLayout::kHWC ? sizes[2] : sizes[0];
     if (!is_channel_count(channels)) {
-      throw InputError(
-          text("dinov2: {} with shape {} has {} channels in the {} layout; expected 1 (gray), 3 "
-               "(colour) or 4 (colour and alpha)",
-               which, shape_text(sizes), channels, chosen == TensorLayout::kHWC ? "HWC" : "CHW"));
+      throw InputError(fmt::format(
+          "dinov2: {} with shape {} has {} channels in the {} layout; expected 1 (gray), 3 "
+          "(colour) or 4 (colour and alpha)",
+          which, shape_text(sizes), channels, chosen == TensorLayout::kHWC ? "HWC" : "CHW"));
     }
     if (chosen == TensorLayout::kCHW) t = t.permute({1, 2, 0});
   }
@@ -248,8 +248,8 @@ TensorImage tensor_image(const at::Tensor& input, TensorLayout layout, ChannelOr
   out.view.type = type;
   out.view.order = order;
   if (out.view.height == 0 || out.view.width == 0) {
-    throw InputError(text("dinov2: {} is empty (shape {}); pass an image with pixels", which,
-                          shape_text(sizes)));
+    throw InputError(fmt::format("dinov2: {} is empty (shape {}); pass an image with pixels", which,
+                                 shape_text(sizes)));
   }
   return out;
 }
@@ -260,7 +260,7 @@ std::vector<TensorImage> tensor_images(const std::vector<at::Tensor>& images, Te
   out.reserve(images.size());
   for (std::size_t i = 0; i < images.size(); ++i) {
     const std::string which =
-        images.size() > 1 ? text("image tensor {}", i) : std::string("image tensor");
+        images.size() > 1 ? fmt::format("image tensor {}", i) : std::string("image tensor");
     out.push_back(tensor_image(images[i], layout, order, which));
   }
   return out;
@@ -281,8 +281,8 @@ auto guarded(F&& f) -> decltype(f()) {
   } catch (const Error&) {
     throw;
   } catch (const c10::Error& e) {
-    throw RuntimeError(
-        text("dinov2: preprocessing failed inside LibTorch: {}", e.what_without_backtrace()));
+    throw RuntimeError(fmt::format("dinov2: preprocessing failed inside LibTorch: {}",
+                                   e.what_without_backtrace()));
   }
 }
 
@@ -296,7 +296,7 @@ Preprocessor::Preprocessor(Recipe recipe, Normalization normalization)
   for (int c = 0; c < 3; ++c) {
     if (!std::isfinite(normalization_.mean[c]) || !std::isfinite(normalization_.stddev[c]) ||
         normalization_.stddev[c] <= 0.0f) {
-      bad_argument(text(
+      bad_argument(fmt::format(
           "dinov2: Preprocessor: normalisation channel {} has mean {} and std {}; both must be "
           "finite and the std positive",
           c, normalization_.mean[c], normalization_.stddev[c]));
@@ -307,7 +307,7 @@ Preprocessor::Preprocessor(Recipe recipe, Normalization normalization)
 Preprocessor Preprocessor::for_model(const Model& model, Recipe recipe) {
   const ModelInfo& info = model.info();
   if (info.patch_size != kPatchSize) {
-    bad_argument(text(
+    bad_argument(fmt::format(
         "dinov2: Preprocessor::for_model: the model '{}' has {}-pixel patches; the recipes plan "
         "{}-pixel patches (every DINOv2 backbone)",
         info.variant, info.patch_size, kPatchSize));
@@ -335,7 +335,7 @@ Batch Preprocessor::operator()(const std::vector<ImageView>& images) const {
       const PatchGrid& g0 = plans.front().grid;
       const PatchGrid& g = plans.back().grid;
       if (g.rows != g0.rows || g.cols != g0.cols) {
-        throw InputError(text(
+        throw InputError(fmt::format(
             "dinov2: images 0 ({}x{}) and {} ({}x{}) give different model input sizes under {}: "
             "{}x{} and {}x{}; preprocess them separately, use Preprocessor::group_by_shape, or "
             "use a fixed-size recipe (square, resize, eval_center_crop)",
@@ -363,8 +363,8 @@ Batch Preprocessor::operator()(const at::Tensor& images, TensorLayout layout,
                                ChannelOrder order) const {
   if (images.defined() && images.dim() == 4) {
     if (images.size(0) == 0) {
-      throw InputError(
-          text("dinov2: the image batch tensor {} holds no images", shape_text(images.sizes())));
+      throw InputError(fmt::format("dinov2: the image batch tensor {} holds no images",
+                                   shape_text(images.sizes())));
     }
     return (*this)(images.unbind(0), layout, order);
   }

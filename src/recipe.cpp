@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Recipes (how an image of any size becomes a patch-aligned model input) and normalisation
 // values. docs/PREPROCESSING.md states the geometry implemented here.
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -16,7 +18,6 @@ namespace dinov2 {
 namespace {
 
 using detail::bad_argument;
-using detail::text;
 
 // ---------------------------------------------------------------------------------------------
 // Argument checks
@@ -24,14 +25,15 @@ using detail::text;
 std::string nearest_multiples(int value) {
   const int below = std::max(1, value / kPatchSize) * kPatchSize;
   const int above = (std::max(0, value) / kPatchSize + 1) * kPatchSize;
-  return below == above || below > value ? text("{}", above) : text("{} or {}", below, above);
+  return below == above || below > value ? fmt::format("{}", above)
+                                         : fmt::format("{} or {}", below, above);
 }
 
 void check_multiple_of_patch(const char* call, const char* what, int value) {
   if (value <= 0 || value % kPatchSize != 0) {
-    bad_argument(
-        text("dinov2: {}: {} is {}; it must be a positive multiple of {} (the patch size), e.g. {}",
-             call, what, value, kPatchSize, nearest_multiples(value)));
+    bad_argument(fmt::format(
+        "dinov2: {}: {} is {}; it must be a positive multiple of {} (the patch size), e.g. {}",
+        call, what, value, kPatchSize, nearest_multiples(value)));
   }
 }
 
@@ -49,15 +51,15 @@ int64_t half_round_even(int64_t d) {
 // Recipe
 
 Recipe Recipe::square(int size) {
-  check_multiple_of_patch(text("Recipe::square({})", size).c_str(), "the size", size);
+  check_multiple_of_patch(fmt::format("Recipe::square({})", size).c_str(), "the size", size);
   return Recipe(Kind::kSquare, size, size, 0);
 }
 
 Recipe Recipe::eval_center_crop(int resize, int crop) {
-  const std::string call = text("Recipe::eval_center_crop({}, {})", resize, crop);
+  const std::string call = fmt::format("Recipe::eval_center_crop({}, {})", resize, crop);
   check_multiple_of_patch(call.c_str(), "the crop size", crop);
   if (resize < crop) {
-    bad_argument(text(
+    bad_argument(fmt::format(
         "dinov2: {}: the shorter side is resized to {}, less than the crop size {}; use a resize "
         "size of at least {} (the official ratio is 256/224)",
         call, resize, crop, crop));
@@ -66,20 +68,20 @@ Recipe Recipe::eval_center_crop(int resize, int crop) {
 }
 
 Recipe Recipe::patch_aligned(int max_side, int64_t max_tokens) {
-  const std::string call = text("Recipe::patch_aligned({}, {})", max_side, max_tokens);
+  const std::string call = fmt::format("Recipe::patch_aligned({}, {})", max_side, max_tokens);
   if (max_side <= 0) {
     bad_argument(
-        text("dinov2: {}: max_side is {}; it must be positive (e.g. 518)", call, max_side));
+        fmt::format("dinov2: {}: max_side is {}; it must be positive (e.g. 518)", call, max_side));
   }
   if (max_tokens <= 0) {
-    bad_argument(
-        text("dinov2: {}: max_tokens is {}; it must be positive (e.g. 16384)", call, max_tokens));
+    bad_argument(fmt::format("dinov2: {}: max_tokens is {}; it must be positive (e.g. 16384)", call,
+                             max_tokens));
   }
   return Recipe(Kind::kPatchAligned, max_side, 0, max_tokens);
 }
 
 Recipe Recipe::resize(int height, int width) {
-  const std::string call = text("Recipe::resize({}, {})", height, width);
+  const std::string call = fmt::format("Recipe::resize({}, {})", height, width);
   check_multiple_of_patch(call.c_str(), "the height", height);
   check_multiple_of_patch(call.c_str(), "the width", width);
   return Recipe(Kind::kResize, height, width, 0);
@@ -92,10 +94,10 @@ Recipe Recipe::parse(const std::string& input) {
   }
   const auto fail = [&input]() {
     bad_argument(
-        text("dinov2: cannot read the recipe \"{}\"; expected square(SIZE), "
-             "eval_center_crop(RESIZE,CROP), patch_aligned(MAX_SIDE,MAX_TOKENS) or "
-             "resize(HEIGHT,WIDTH), or a bare name for the defaults",
-             input));
+        fmt::format("dinov2: cannot read the recipe \"{}\"; expected square(SIZE), "
+                    "eval_center_crop(RESIZE,CROP), patch_aligned(MAX_SIDE,MAX_TOKENS) or "
+                    "resize(HEIGHT,WIDTH), or a bare name for the defaults",
+                    input));
   };
   std::string name = s;
   std::vector<int64_t> args;
@@ -142,13 +144,13 @@ Recipe Recipe::parse(const std::string& input) {
 std::string Recipe::to_string() const {
   switch (kind_) {
     case Kind::kSquare:
-      return text("square({})", a_);
+      return fmt::format("square({})", a_);
     case Kind::kEvalCenterCrop:
-      return text("eval_center_crop({},{})", a_, b_);
+      return fmt::format("eval_center_crop({},{})", a_, b_);
     case Kind::kPatchAligned:
-      return text("patch_aligned({},{})", a_, max_tokens_);
+      return fmt::format("patch_aligned({},{})", a_, max_tokens_);
     case Kind::kResize:
-      return text("resize({},{})", a_, b_);
+      return fmt::format("resize({},{})", a_, b_);
   }
   return "unknown";
 }
@@ -169,9 +171,9 @@ int64_t Recipe::token_bound() const {
 
 ResizePlan Recipe::plan(int64_t height, int64_t width) const {
   if (height <= 0 || width <= 0) {
-    throw InputError(
-        text("dinov2: cannot plan {} for an image of {}x{} pixels; both sides must be positive",
-             to_string(), height, width));
+    throw InputError(fmt::format(
+        "dinov2: cannot plan {} for an image of {}x{} pixels; both sides must be positive",
+        to_string(), height, width));
   }
   ResizePlan p;
   int64_t out_h = 0;
@@ -221,10 +223,10 @@ ResizePlan Recipe::plan(int64_t height, int64_t width) const {
     }
   }
   if (p.resized_height * p.resized_width > kMaxResizedPixels) {
-    throw InputError::too_many_tokens(
-        text("dinov2: {} resizes an image of {}x{} pixels to {}x{}, over the limit of "
-             "{} pixels (kMaxResizedPixels); crop the image or use another recipe",
-             to_string(), height, width, p.resized_height, p.resized_width, kMaxResizedPixels));
+    throw InputError::too_many_tokens(fmt::format(
+        "dinov2: {} resizes an image of {}x{} pixels to {}x{}, over the limit of "
+        "{} pixels (kMaxResizedPixels); crop the image or use another recipe",
+        to_string(), height, width, p.resized_height, p.resized_width, kMaxResizedPixels));
   }
   PatchGrid& g = p.grid;
   g.rows = out_h / kPatchSize;
@@ -248,14 +250,14 @@ ResizePlan Recipe::plan(int64_t height, int64_t width) const {
 Normalization Normalization::from(const std::vector<double>& mean,
                                   const std::vector<double>& stddev) {
   if (mean.size() != 3 || stddev.size() != 3) {
-    bad_argument(text(
+    bad_argument(fmt::format(
         "dinov2: normalisation needs 3 means and 3 standard deviations (R, G, B); got {} and {}",
         mean.size(), stddev.size()));
   }
   Normalization n;
   for (int c = 0; c < 3; ++c) {
     if (!std::isfinite(mean[c]) || !std::isfinite(stddev[c]) || stddev[c] <= 0.0) {
-      bad_argument(text(
+      bad_argument(fmt::format(
           "dinov2: normalisation channel {} has mean {} and std {}; both must be finite and the "
           "std positive",
           c, mean[c], stddev[c]));
