@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Reading and checking a backbone file's metadata (detail/model_file.hpp).
-#include <c10/util/StringUtil.h>
+#include <fmt/format.h>
 
 #include <filesystem>
 #include <fstream>
@@ -18,18 +18,19 @@ using nlohmann::json;
 // metadata ---------------------------------------------------------------------------------
 
 [[noreturn]] void bad_metadata(const std::string& path, const std::string& problem) {
-  throw ModelFileError(c10::str("dinov2: '", path, "' has invalid metadata (", kMetadataFile,
-                                "): ", problem, "; re-export it with dinov2-export"));
+  throw ModelFileError(
+      fmt::format("dinov2: '{}' has invalid metadata ({}): {}; re-export it with dinov2-export",
+                  path, kMetadataFile, problem));
 }
 
 template <class T>
 T required(const json& j, const char* key, const std::string& path) {
-  if (!j.contains(key)) bad_metadata(path, c10::str("the field '", key, "' is missing"));
+  if (!j.contains(key)) bad_metadata(path, fmt::format("the field '{}' is missing", key));
   try {
     return detail::exact_get<T>(j.at(key));
   } catch (const std::exception&) {
-    bad_metadata(path, c10::str("the field '", key, "' has the wrong type or is out of range (",
-                                j.at(key).dump(), ")"));
+    bad_metadata(path, fmt::format("the field '{}' has the wrong type or is out of range ({})", key,
+                                   j.at(key).dump()));
   }
 }
 
@@ -44,28 +45,30 @@ ModelInfo parse_metadata(const std::string& text, const std::string& path) {
   try {
     j = json::parse(text);
   } catch (const json::exception& e) {
-    bad_metadata(path, c10::str("not valid JSON (", e.what(), ")"));
+    bad_metadata(path, fmt::format("not valid JSON ({})", e.what()));
   }
   if (!j.is_object()) bad_metadata(path, "not a JSON object");
 
   const auto format = required<std::string>(j, "format", path);
   if (format != "dinov2-backbone") {
-    throw ModelFileError(c10::str("dinov2: '", path, "' holds a '", format,
-                                  "' file, not a 'dinov2-backbone'; Model::load needs a backbone "
-                                  "exported with dinov2-export"));
+    throw ModelFileError(fmt::format(
+        "dinov2: '{}' holds a '{}' file, not a 'dinov2-backbone'; Model::load needs a backbone "
+        "exported with dinov2-export",
+        path, format));
   }
   ModelInfo info;
   info.format_version = required<int>(j, "format_version", path);
   info.exporter_version = optional<std::string>(j, "exporter_version", "unknown", path);
   if (info.format_version > kFormatVersion) {
-    throw ModelFileError(c10::str(
-        "dinov2: '", path, "' uses file format version ", info.format_version,
-        " (written by dinov2-export ", info.exporter_version, "), but this dinov2 library (",
-        kVersion, ") reads format versions up to ", kFormatVersion,
-        "; upgrade the dinov2 library, or re-export the model with dinov2-export ", kVersion));
+    throw ModelFileError(fmt::format(
+        "dinov2: '{}' uses file format version {} (written by dinov2-export {}), but this dinov2 "
+        "library ({}) reads format versions up to {}; upgrade the dinov2 library, or re-export "
+        "the model with dinov2-export {}",
+        path, info.format_version, info.exporter_version, kVersion, kFormatVersion, kVersion));
   }
   if (info.format_version < 1) {
-    bad_metadata(path, c10::str("format_version ", info.format_version, " is not a valid version"));
+    bad_metadata(path,
+                 fmt::format("format_version {} is not a valid version", info.format_version));
   }
   info.variant = required<std::string>(j, "variant", path);
   info.embed_dim = required<int64_t>(j, "embed_dim", path);
@@ -114,14 +117,14 @@ ModelInfo parse_metadata(const std::string& text, const std::string& path) {
       info.num_heads > 1024 || info.patch_size > 1024 || info.num_register_tokens > 1024 ||
       info.pos_grid_h <= 0 || info.pos_grid_w <= 0 || info.pos_grid_h > 4096 ||
       info.pos_grid_w > 4096 || info.embed_dim % info.num_heads != 0) {
-    bad_metadata(
-        path, c10::str("embed_dim ", info.embed_dim, ", depth ", info.depth, ", num_heads ",
-                       info.num_heads, ", patch_size ", info.patch_size, ", num_register_tokens ",
-                       info.num_register_tokens, " and pos_grid ", info.pos_grid_h, "x",
-                       info.pos_grid_w, " are not a valid architecture"));
+    bad_metadata(path, fmt::format("embed_dim {}, depth {}, num_heads {}, patch_size {}, "
+                                   "num_register_tokens {} and pos_grid {}x{} are not a valid "
+                                   "architecture",
+                                   info.embed_dim, info.depth, info.num_heads, info.patch_size,
+                                   info.num_register_tokens, info.pos_grid_h, info.pos_grid_w));
   }
   if (info.dtype != "float32" && info.dtype != "bfloat16" && info.dtype != "float16") {
-    bad_metadata(path, c10::str("dtype '", info.dtype, "' is not float32, bfloat16 or float16"));
+    bad_metadata(path, fmt::format("dtype '{}' is not float32, bfloat16 or float16", info.dtype));
   }
   return info;
 }
@@ -132,23 +135,26 @@ void check_file(const std::string& path) {
   std::error_code ec;
   if (!fs::exists(path, ec)) {
     throw ModelFileError(
-        c10::str("dinov2: model file '", path,
-                 "' does not exist; export one with dinov2-export (see weights/README.md)"));
+        fmt::format("dinov2: model file '{}' does not exist; export one with dinov2-export (see "
+                    "weights/README.md)",
+                    path));
   }
   if (fs::is_directory(path, ec)) {
-    throw ModelFileError(c10::str("dinov2: '", path,
-                                  "' is a directory; give the .pt file written by dinov2-export"));
+    throw ModelFileError(fmt::format(
+        "dinov2: '{}' is a directory; give the .pt file written by dinov2-export", path));
   }
   std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw ModelFileError(c10::str("dinov2: cannot open model file '", path, "' for reading"));
+  if (!in) {
+    throw ModelFileError(fmt::format("dinov2: cannot open model file '{}' for reading", path));
+  }
   char magic[4] = {0, 0, 0, 0};
   in.read(magic, 4);
   // TorchScript archives are zip files.
   if (in.gcount() < 4 || magic[0] != 'P' || magic[1] != 'K' || magic[2] != 3 || magic[3] != 4) {
-    throw ModelFileError(c10::str("dinov2: '", path,
-                                  "' is not a TorchScript archive or AOTInductor package (no zip "
-                                  "header); give a file written by dinov2-export"));
+    throw ModelFileError(
+        fmt::format("dinov2: '{}' is not a TorchScript archive or AOTInductor package (no zip "
+                    "header); give a file written by dinov2-export",
+                    path));
   }
 }
 
