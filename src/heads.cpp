@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "detail/archive_check.hpp"
+#include "detail/backend.hpp"
 #include "detail/boundary.hpp"
 #include "detail/json_fields.hpp"
 #include "dinov2/error.hpp"
@@ -278,16 +279,9 @@ detail::HeadData load_head(const std::string& path, const char* kind) {
   return detail::reading_file(path, [&] { return read_head(path, kind); });
 }
 
-c10::Device model_device(const Model& model) {
-  const Options& o = model.options();
-  return o.device == Device::kCUDA
-             ? c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(o.device_index))
-             : c10::Device(c10::DeviceType::CPU);
-}
-
 detail::HeadData load_for(const std::string& path, const char* kind, const Model& model) {
   detail::HeadData d = load_head(path, kind);
-  const c10::Device device = model_device(model);
+  const c10::Device device = detail::torch_device(model.options());
   compute("moving the head to the model's device", [&] {
     d.weight = d.weight.to(device);
     d.bias = d.bias.to(device);
