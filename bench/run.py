@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Benchmark harness: the C++ library against the Python reference, same machine, same run.
+"""Benchmark harness: the C++ library against the Python reference and the runtimes people pick
+instead (ONNX Runtime, OpenVINO: bench/peers.py), same machine, same weights, same run.
 
 Run with `bench/run.sh` (sets up, builds, then runs this). Each measurement runs in its own
 process so that peak memory is per measurement. Prints a table and appends it, with the machine
@@ -21,6 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 REFERENCE = ROOT / "bench" / "reference.py"
+PEERS = ROOT / "bench" / "peers.py"
+PEER_RUNTIMES = {
+    "ort": "ONNX Runtime",
+    "ort-transformer": "ORT + transformer opt.",
+    "openvino": "OpenVINO",
+}
 
 # Multiply-accumulates per image, from the architecture (D width, N tokens, L blocks):
 # per block 12*N*D^2 (qkv, proj, 4x MLP) + 2*N^2*D (scores and weighted sum), plus the patch
@@ -160,6 +167,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--quick", action="store_true", help="fewer rows and iterations (smoke test)")
     p.add_argument("--no-record", action="store_true", help="do not append to docs/BENCHMARKS.md")
+    p.add_argument(
+        "--no-peers", action="store_true", help="leave out the ONNX Runtime and OpenVINO rows"
+    )
     a = p.parse_args()
 
     bench_bin = a.build / "bench" / "dinov2_bench"
@@ -249,6 +259,26 @@ def main() -> int:
                     f"  python {py['images_per_s']:.2f} img/s, C++ {cc['images_per_s']:.2f}, "
                     f"unfused {plain['images_per_s']:.2f}, AOTInductor {aot['images_per_s']:.2f}"
                 )
+                if not a.no_peers:
+                    # The same weights, input and threads through ONNX Runtime and OpenVINO.
+                    shape = ["--model", str(model), "--size", str(size), "--batch", str(batch)]
+                    shape += ["--work", str(work), "--threads", t]
+                    prep = run_json([PY, str(PEERS), "prepare", *shape])
+                    timing = ["--iters", str(iters), "--warmup", "2"]
+                    peers = {
+                        r: run_json([PY, str(PEERS), "run", "--runtime", r, *shape, *timing])
+                        for r in PEER_RUNTIMES
+                    }
+                    rows[-1]["peers"] = peers
+                    rows[-1]["fused_by_ort"] = prep["fused_operators"]
+                    log(
+                        "  "
+                        + ", ".join(
+                            f"{PEER_RUNTIMES[r]} {v['images_per_s']:.2f} "
+                            f"(CLS max abs {v['cls_max_abs']:.1e})"
+                            for r, v in peers.items()
+                        )
+                    )
 
     # Reduced precision in the library: bfloat16 against float32, same input.
     variant = variants[-1]
@@ -401,6 +431,8 @@ def main() -> int:
 
     log("dtype by ISA ...")
     table = render(rows, peak, a.threads)
+    if any("peers" in r for r in rows):
+        table += "\n\n" + render_peers(rows)
     table += "\n\nCompute dtype by ISA (C++ library, `--dtype`):\n\n"
     table += dtype_table(bench_bin, cli_bin, work, t, a.quick)
     print(table)
@@ -439,12 +471,46 @@ def render(rows: list[dict], peak: float, threads: int) -> str:
     return "\n".join(lines)
 
 
+def render_peers(rows: list[dict]) -> str:
+    """The float32 model rows against every runtime: img/s, the library's ratio to the fastest
+    other, and each peer's CLS against PyTorch on the same input."""
+    peer_rows = [r for r in rows if "peers" in r]
+    versions = sorted({v["runtime"].split("-")[0] for r in peer_rows for v in r["peers"].values()})
+    names = list(PEER_RUNTIMES.values())
+    header = ["model, size, batch", "Python eager", "library", *names]
+    header += ["library / fastest other", "CLS max abs (worst peer)", "CLS min cosine"]
+    header += [f"peak RSS library / {' / '.join(names)} (MB)", "fused by ORT's optimizer"]
+    lines = [
+        (
+            f"Peers, float32, images/s (median); {', '.join(versions)}. CLS check: largest "
+            "absolute difference and smallest cosine of each peer's CLS against PyTorch on the "
+            "same input."
+        ),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for r in peer_rows:
+        peers = r["peers"].values()
+        fastest = max([r["python"], *(v["images_per_s"] for v in peers)])
+        fused = ", ".join(f"{k} {v}" for k, v in sorted(r["fused_by_ort"].items())) or "-"
+        lines.append(
+            f"| {r['what']} | {fmt(r['python'])} | {fmt(r['cpp'])} | "
+            + " | ".join(fmt(v["images_per_s"]) for v in peers)
+            + f" | {r['cpp'] / fastest:.2f}x | {max(v['cls_max_abs'] for v in peers):.1e} | "
+            f"{min(v['cls_min_cosine'] for v in peers):.7f} | {fmt(r['rss_cpp'], '.0f')} / "
+            + " / ".join(fmt(v["peak_rss_mb"], ".0f") for v in peers)
+            + f" | {fused} |"
+        )
+    return "\n".join(lines)
+
+
 def record(table: str, rows: list[dict]) -> None:
     doc = ROOT / "docs" / "BENCHMARKS.md"
     if not doc.exists():
         doc.write_text("# Benchmarks\n\nProduced by `bench/run.sh`; each run appends a section.\n")
     command = "bench/run.sh " + " ".join(shlex.quote(x) for x in sys.argv[1:])
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     cpu = library_cpu(ROOT / "build" / "bin" / "dinov2")
     with doc.open("a") as f:
         f.write(
@@ -452,6 +518,8 @@ def record(table: str, rows: list[dict]) -> None:
             f"Command: `{command.strip()}`\n\n{table}\n"
         )
     chart(rows, ROOT / "docs" / "benchmarks.png")
+    if any("peers" in r for r in rows):
+        chart_peers(rows, ROOT / "docs" / "benchmarks_peers.png")
 
 
 def chart(rows: list[dict], path: Path) -> None:
@@ -473,6 +541,36 @@ def chart(rows: list[dict], path: Path) -> None:
     ax.set_xlabel("speed-up of C++ over Python (bf16 row: bfloat16 over float32)")
     for i, x in enumerate(ratios):
         ax.text(x, i, f" {x:.2f}x", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def chart_peers(rows: list[dict], path: Path) -> None:
+    """Images/s of every runtime on each float32 model row, as grouped bars."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib missing, no chart drawn", file=sys.stderr)
+        return
+    peer_rows = [r for r in rows if "peers" in r]
+    series = {"Python eager": [r["python"] for r in peer_rows]}
+    series["library"] = [r["cpp"] for r in peer_rows]
+    for key, name in PEER_RUNTIMES.items():
+        series[name] = [r["peers"][key]["images_per_s"] for r in peer_rows]
+    fig, ax = plt.subplots(figsize=(9, 0.9 * len(peer_rows) + 1.5))
+    height = 0.8 / len(series)
+    for k, (name, values) in enumerate(series.items()):
+        ys = [i + k * height for i in range(len(peer_rows))]
+        ax.barh(ys, values, height=height, label=name)
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(peer_rows))])
+    ax.set_yticklabels([r["what"] for r in peer_rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("images/s, float32 (log scale)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
