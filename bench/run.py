@@ -522,7 +522,8 @@ def record(table: str, rows: list[dict]) -> None:
         chart_peers(rows, ROOT / "docs" / "benchmarks_peers.png")
 
 
-def chart(rows: list[dict], path: Path) -> None:
+def pyplot():
+    """matplotlib.pyplot drawing to files, or None (with a word on stderr) when it is missing."""
     try:
         import matplotlib
 
@@ -530,6 +531,13 @@ def chart(rows: list[dict], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         print("bench: matplotlib missing, no chart drawn", file=sys.stderr)
+        return None
+    return plt
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    plt = pyplot()
+    if plt is None:
         return
     labels = [r["what"].split(" (")[0] for r in rows]
     ratios = [r["ratio"] for r in rows]
@@ -547,13 +555,8 @@ def chart(rows: list[dict], path: Path) -> None:
 
 def chart_peers(rows: list[dict], path: Path) -> None:
     """Images/s of every runtime on each float32 model row, as grouped bars."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("bench: matplotlib missing, no chart drawn", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return
     peer_rows = [r for r in rows if "peers" in r]
     series = {"Python eager": [r["python"] for r in peer_rows]}
