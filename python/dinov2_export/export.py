@@ -12,7 +12,7 @@ import torch
 
 from . import FORMAT_VERSION, __version__
 from .model import DinoV2
-from .variants import DEFAULT_RESOLUTION, IMAGENET_MEAN, IMAGENET_STD, PATCH_SIZE
+from .variants import DEFAULT_RESOLUTION, IMAGENET_MEAN, IMAGENET_STD, PATCH_SIZE, Variant
 from .weights import LoadedWeights, build_model
 
 METADATA_FILE = "dinov2/metadata.json"
@@ -20,9 +20,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def metadata(model: DinoV2, w: LoadedWeights, dtype: str) -> Dict[str, Any]:
-    v = w.variant
     weights: Dict[str, Any] = {"source": w.source, "sha256": w.sha256}
     weights.update(w.extra)
+    return variant_metadata(model, w.variant, dtype, weights)
+
+
+def variant_metadata(
+    model: DinoV2, v: Variant, dtype: str, weights: Dict[str, Any]
+) -> Dict[str, Any]:
+    """The metadata of `model` (a `v` with its own depth and position grid)."""
     return {
         "format": "dinov2-backbone",
         "format_version": FORMAT_VERSION,
