@@ -40,7 +40,7 @@ OUTDIR=out/gpu
 TORCH_PIN=torch==2.14.1
 # The library and dinov2_bench only: a subset of scripts/setup.sh's list (no tests, tools, FAISS).
 APT_PACKAGES=(g++ cmake ninja-build python3-venv python3-dev libopencv-dev libeigen3-dev
-  libfmt-dev nlohmann-json3-dev)
+  libfmt-dev nlohmann-json3-dev libssl-dev)
 ARGS=("$@")
 
 usage() { sed -n '3,22p' "$0" | sed 's/^# \{0,1\}//'; }

@@ -11,11 +11,15 @@
 #include <torch/cuda.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <utility>
 
 #include "detail/backend.hpp"
 #include "detail/boundary.hpp"
 #include "detail/model_file.hpp"
+#include "detail/weights.hpp"
 #include "dinov2/error.hpp"
 
 namespace dinov2 {
@@ -272,11 +276,27 @@ Model Model::load_checked(const std::string& path, Options options) {
                     "or a positive count",
                     options.profiled_runs));
   }
-  detail::check_file(path);
+  const detail::ModelSource source = detail::model_source(path);
+  switch (source) {
+    case detail::ModelSource::kExport:
+    case detail::ModelSource::kPackage:
+      detail::check_file(path);
+      break;
+    default:
+      break;
+  }
   check_device(options);
   auto impl = std::make_unique<Impl>();
-  impl->backend = detail::is_package_path(path) ? detail::load_aoti_package(path, options)
-                                                : detail::load_torchscript(path, options);
+  switch (source) {
+    case detail::ModelSource::kPackage:
+      impl->backend = detail::load_aoti_package(path, options);
+      break;
+    case detail::ModelSource::kExport:
+      impl->backend = detail::load_torchscript(path, options);
+      break;
+    default:
+      impl->backend = detail::load_weights(path, source, options);
+  }
   impl->options = std::move(options);
   return Model(std::move(impl));
 }
@@ -320,6 +340,38 @@ at::Tensor Model::cls_attention(const at::Tensor& pixels) const {
     at::Tensor out = Impl::to_output(attn).view({attn.size(0), attn.size(1), h, w});
     impl_->check_finite({out});
     return out;
+  });
+}
+
+ModelInfo convert_weights(const std::string& weights, const std::string& output,
+                          const std::string& architecture_file) {
+  return detail::reading_file(weights, [&] {
+    const detail::ModelSource source = detail::model_source(weights);
+    if (source == detail::ModelSource::kExport || source == detail::ModelSource::kPackage) {
+      detail::check_file(weights);  // a missing path gets its usual message
+      throw ModelFileError(fmt::format(
+          "dinov2: '{}' is already a dinov2-export file; convert reads weights: a Hugging Face "
+          "folder or model.safetensors, or an official .pth",
+          weights));
+    }
+    detail::BuiltBackbone built = detail::build_backbone(weights, source, architecture_file);
+    const ModelInfo info = detail::parse_metadata(built.metadata, weights);
+    const std::string partial = output + ".partial";
+    try {
+      built.module.save(partial, {{detail::kMetadataFile, built.metadata}});
+    } catch (const c10::Error& e) {
+      std::remove(partial.c_str());
+      throw InputError(
+          fmt::format("dinov2: cannot write '{}' ({})", output, detail::torch_message(e)));
+    }
+    if (std::rename(partial.c_str(), output.c_str()) != 0) {
+      std::remove(partial.c_str());
+      throw InputError(
+          fmt::format("dinov2: cannot move the converted file to "
+                      "'{}' ({})",
+                      output, std::strerror(errno)));
+    }
+    return info;
   });
 }
 

@@ -227,6 +227,11 @@ Pipeline::Pipeline(const Model& model, Recipe recipe, PipelineOptions options)
     bad(fmt::format("limits.max_pixels is {} and limits.max_file_bytes {}; both must be positive",
                     options_.limits.max_pixels, options_.limits.max_file_bytes));
   }
+  if (options_.layers && !model.info().all_methods()) {
+    // Refused here rather than as a failure of every image.
+    bad("layers is set, but the model is an AOTInductor package, which holds the forward pass "
+        "only; load the TorchScript (.pt) export of the model for intermediate layers");
+  }
   if (options_.window == 0) {
     options_.window = recipe.kind() == Recipe::Kind::kPatchAligned
                           ? 4 * int64_t{options_.batch_size}

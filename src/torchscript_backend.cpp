@@ -13,6 +13,7 @@
 #include <torch/csrc/jit/runtime/graph_iterator.h>
 #include <torch/script.h>
 
+#include <functional>
 #include <map>
 #include <tuple>
 #include <utility>
@@ -22,6 +23,7 @@
 #include "detail/boundary.hpp"
 #include "detail/model_file.hpp"
 #include "detail/runtime_setup.hpp"
+#include "detail/weights.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/runtime.hpp"
 
@@ -159,8 +161,10 @@ graph(%x, %w, %b, %approximate):
 
 class TorchScriptBackend final : public ModelBackend {
  public:
-  /// Reads, checks and prepares the file; see load_torchscript.
-  TorchScriptBackend(const std::string& path, const Options& options);
+  /// Reads the module with `read` (again, should fusing fail), checks and prepares it; `path`
+  /// names it in messages. See load_torchscript.
+  TorchScriptBackend(const std::string& path, const std::function<LoadedModule()>& read,
+                     const Options& options);
 
   std::vector<at::Tensor> forward(const at::Tensor& pixels, bool with_prenorm) const override {
     const std::vector<c10::IValue> items = call("forward", pixels).toTupleRef().elements().vec();
@@ -196,29 +200,23 @@ class TorchScriptBackend final : public ModelBackend {
   torch::jit::Module module_;
 };
 
-TorchScriptBackend::TorchScriptBackend(const std::string& path, const Options& options) {
-  ModelSetup& s = setup_;
+/// Reads a dinov2-export file: its module and metadata, refusing what is not a backbone export.
+LoadedModule read_export(const std::string& path) {
   torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}, {kHeadMetadataFile, ""}};
-  const auto read_module = [&] {
-    try {
-      // Without the debug pickles (source ranges for error messages): in a damaged file they make
-      // TorchScript's ErrorReport::what(), which is noexcept, throw and so terminate the process
-      // (found by fuzz_head). Errors still quote the scripted code itself.
-      return torch::jit::load(path, c10::Device(c10::DeviceType::CPU), extra,
-                              /*load_debug_files=*/false);
-    } catch (const std::exception& e) {
-      throw ModelFileError(fmt::format(
-          "dinov2: '{}' is not a readable TorchScript archive ({}); a file saved with torch.save "
-          "(a state dict) is not enough, and a damaged file must be exported again: export the "
-          "model with dinov2-export",
-          path, first_line(e.what())));
-    }
-  };
-  if (const std::string problem = pickle_problem(path); !problem.empty()) {
+  LoadedModule out;
+  try {
+    // Without the debug pickles (source ranges for error messages): in a damaged file they make
+    // TorchScript's ErrorReport::what(), which is noexcept, throw and so terminate the process
+    // (found by fuzz_head). Errors still quote the scripted code itself.
+    out.module = torch::jit::load(path, c10::Device(c10::DeviceType::CPU), extra,
+                                  /*load_debug_files=*/false);
+  } catch (const std::exception& e) {
     throw ModelFileError(fmt::format(
-        "dinov2: '{}' is damaged ({}); export the model again with dinov2-export", path, problem));
+        "dinov2: '{}' is not a readable TorchScript archive ({}); a file saved with torch.save "
+        "(a state dict) is not enough, and a damaged file must be exported again: export the "
+        "model with dinov2-export",
+        path, first_line(e.what())));
   }
-  module_ = read_module();
   if (extra[kMetadataFile].empty()) {
     if (!extra[kHeadMetadataFile].empty()) {
       throw ModelFileError(fmt::format(
@@ -229,7 +227,20 @@ TorchScriptBackend::TorchScriptBackend(const std::string& path, const Options& o
                     "export the backbone with dinov2-export",
                     path, kMetadataFile));
   }
-  s.info = parse_metadata(extra[kMetadataFile], path);
+  out.metadata = extra[kMetadataFile];
+  return out;
+}
+
+TorchScriptBackend::TorchScriptBackend(const std::string& path,
+                                       const std::function<LoadedModule()>& read,
+                                       const Options& options) {
+  ModelSetup& s = setup_;
+  const auto read_module = [&] {
+    LoadedModule loaded = read();
+    if (s.info.variant.empty()) s.info = parse_metadata(loaded.metadata, path);
+    return std::move(loaded.module);
+  };
+  module_ = read_module();
   for (const char* method : kMethods) {
     if (!module_.find_method(method)) {
       throw ModelFileError(fmt::format(
@@ -327,7 +338,23 @@ TorchScriptBackend::TorchScriptBackend(const std::string& path, const Options& o
 }  // namespace
 
 std::unique_ptr<ModelBackend> load_torchscript(const std::string& path, const Options& options) {
-  return std::make_unique<TorchScriptBackend>(path, options);
+  if (const std::string problem = pickle_problem(path); !problem.empty()) {
+    throw ModelFileError(fmt::format(
+        "dinov2: '{}' is damaged ({}); export the model again with dinov2-export", path, problem));
+  }
+  return std::make_unique<TorchScriptBackend>(
+      path, [&] { return read_export(path); }, options);
+}
+
+std::unique_ptr<ModelBackend> load_weights(const std::string& path, ModelSource source,
+                                           const Options& options) {
+  return std::make_unique<TorchScriptBackend>(
+      path,
+      [&] {
+        BuiltBackbone built = build_backbone(path, source, options.architecture_file);
+        return LoadedModule{std::move(built.module), std::move(built.metadata)};
+      },
+      options);
 }
 
 }  // namespace dinov2::detail

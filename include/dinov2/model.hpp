@@ -87,13 +87,25 @@ struct ModelInfo {
 /// its own stream (c10::cuda::CUDAStreamGuard) runs its calls on that stream.
 class Model {
  public:
-  /// @brief Loads and checks a backbone file written by dinov2-export: a TorchScript file
-  /// (.pt), or an AOTInductor package (.pt2, written with --aot; ModelInfo::backend).
+  /// @brief Loads and checks a backbone: downloaded weights, or a file written by dinov2-export.
   ///
-  /// Throws ModelFileError when the file is missing, not a TorchScript archive, not a dinov2
-  /// backbone export, or of a newer format version than this library reads; DeviceError when the
-  /// device is unavailable or the dtype does not run on it; InputError(kInvalidArgument) for bad
-  /// Options values.
+  /// `path` is one of
+  /// - a Hugging Face model folder (config.json and model.safetensors, Dinov2Model or
+  ///   Dinov2WithRegistersModel), or a bare model.safetensors with Hugging Face key names;
+  /// - an official checkpoint (.pth, torch.save's zip format), read with LibTorch's restricted
+  ///   unpickler: tensors, dicts and plain values only, never code;
+  /// - a TorchScript file (.pt) or an AOTInductor package (.pt2, written with --aot;
+  ///   ModelInfo::backend) written by dinov2-export.
+  /// Weights are filled into the exporter's scripted graph of their variant, built into the
+  /// library (docs/ARCHITECTURE.md), so a model loaded from weights computes what the exported
+  /// file of the same weights computes, and its ModelInfo is the one that file carries. No
+  /// Python is involved.
+  ///
+  /// Throws ModelFileError when the path is missing or not one of the above; when weights have a
+  /// missing, unexpected or mis-shaped key (named, with the expected shape), or a config.json
+  /// that contradicts them; when a file is not a dinov2 backbone export, or of a newer format
+  /// version than this library reads; DeviceError when the device is unavailable or the dtype
+  /// does not run on it; InputError(kInvalidArgument) for bad Options values.
   static Model load(const std::string& path, Options options = {});
 
   Model(Model&&) noexcept;
@@ -163,5 +175,17 @@ class Model {
   static Model load_checked(const std::string& path, Options options);
   std::unique_ptr<Impl> impl_;
 };
+
+/// @brief Writes the weights at `weights` (a Hugging Face folder or safetensors file, an official
+/// .pth; as Model::load reads them) as a TorchScript backbone file at `output`, the kind of file
+/// dinov2-export writes: the same graph, the same float32 parameters and the same metadata, so
+/// that the file also loads in Python with torch.jit.load. No Python is involved. The file is
+/// written under a temporary name and renamed, so `output` is never half-written.
+/// @param architecture_file As Options::architecture_file: empty for the built-in files.
+/// @return The metadata of the written file.
+/// @throws ModelFileError for weights Model::load refuses, and for a path that is already a
+/// dinov2-export file; InputError when `output` cannot be written.
+ModelInfo convert_weights(const std::string& weights, const std::string& output,
+                          const std::string& architecture_file = "");
 
 }  // namespace dinov2

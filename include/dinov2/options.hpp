@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace dinov2 {
 
@@ -62,6 +63,13 @@ struct Options {
   /// the first Model::load applies. When >= 0, Model::load still sets it for the whole process.
   /// -1 (the default) leaves it.
   int profiled_runs = -1;
+  /// @brief For weights only (a Hugging Face folder or safetensors file, an official .pth): the
+  /// architecture file to fill instead of the one built into the library for the variant. The
+  /// built-in files have the official depths; a model with another block count (a trimmed or
+  /// test model) needs its own, written by `python -m dinov2_export.architecture --variant V
+  /// --depth N` (docs/FORMAT.md). Empty (the default): the built-in file. Ignored for .pt and
+  /// .pt2 files.
+  std::string architecture_file;
 
   /// @brief Sets device and device_index.
   Options& with_device(Device d, int index = 0) {

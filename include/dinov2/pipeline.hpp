@@ -107,7 +107,9 @@ struct PipelineOptions {
   bool patches = true;
   /// @brief Run Model::intermediate_layers with this request instead of extract_features: each
   /// result then holds ImageFeatures::layers (what a head reads, e.g. `head.layers()`) and no
-  /// cls, registers or patches. Unset by default.
+  /// cls, registers or patches. The Pipeline constructor refuses it (InputError,
+  /// kInvalidArgument) for a model that cannot run intermediate_layers (ModelInfo::all_methods,
+  /// an AOTInductor package). Unset by default.
   std::optional<LayerRequest> layers;
 
   /// @brief Sets batch_size.

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "detail/boundary.hpp"
+#include "detail/weights.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/model.hpp"
 
@@ -81,9 +82,19 @@ class ModelBackend {
   ModelSetup setup_;
 };
 
+/// A TorchScript backbone module and its metadata JSON (docs/FORMAT.md), before any checks.
+struct LoadedModule {
+  torch::jit::Module module;
+  std::string metadata;
+};
+
 /// Opens and checks the TorchScript backbone file (.pt) `path`, and runs one patch through it
 /// where that can fail for the device or dtype. `options` are checked, the device exists.
 std::unique_ptr<ModelBackend> load_torchscript(const std::string& path, const Options& options);
+/// Builds the backbone from the weight file or folder `path` (detail/weights.hpp), then checks
+/// and prepares it as load_torchscript does.
+std::unique_ptr<ModelBackend> load_weights(const std::string& path, ModelSource source,
+                                           const Options& options);
 /// Opens and checks the AOTInductor package (.pt2) `path`, with checked `options`.
 std::unique_ptr<ModelBackend> load_aoti_package(const std::string& path, const Options& options);
 

@@ -26,6 +26,7 @@
 #include "dinov2/eigen.hpp"
 #include "dinov2/error.hpp"
 #include "dinov2/model.hpp"
+#include "dinov2/pipeline.hpp"
 #include "dinov2/runtime.hpp"
 #include "support.hpp"
 
@@ -395,7 +396,8 @@ TEST_CASE("Model::load explains every unusable file", "[model][errors]") {
   const std::vector<Case> cases = {
       {"model_missing.pt", {"model_missing.pt", "does not exist"}},
       {"model_not_archive.txt", {"model_not_archive.txt", "not a TorchScript archive"}},
-      {"model_state_dict.pt", {"not a readable TorchScript archive", "torch.save"}},
+      // torch.save of a dict: read as weights (an official checkpoint), strictly.
+      {"model_state_dict.pt", {"model_state_dict.pt", "missing key 'pos_embed'"}},
       {"model_nometa.pt", {"not a DINOv2 export", "dinov2/metadata.json"}},
       {"model_v99.pt", {"format version 99", "9.0.0", "up to 1", "upgrade the dinov2 library"}},
       {"model_wrong_format.pt", {"'dinov2-checkpoint'", "not a 'dinov2-backbone'"}},
@@ -417,8 +419,9 @@ TEST_CASE("Model::load explains every unusable file", "[model][errors]") {
     CHECK(msg.rfind("dinov2: ", 0) == 0);
     for (const auto& s : c.says) CHECK_THAT(msg, ContainsSubstring(s));
   }
+  // A folder is read as a Hugging Face model folder.
   CHECK_THAT(message_of<dinov2::ModelFileError>([] { dinov2::Model::load(data_path("")); }),
-             ContainsSubstring("is a directory"));
+             ContainsSubstring("no model.safetensors or pytorch_model.bin in the folder"));
   try {
     dinov2::Model::load(data_path("model_v99.pt"));
   } catch (const dinov2::Error& e) {
@@ -760,6 +763,12 @@ TEST_CASE("an AOTInductor package refuses what it was not compiled for", "[model
       ContainsSubstring("intermediate_layers is not compiled into AOTInductor packages"));
   CHECK_THAT(message_of<dinov2::Error>([&] { package.cls_attention(zeros(1, 3, 56, 70)); }),
              ContainsSubstring("cls_attention is not compiled into AOTInductor packages"));
+  // A Pipeline that would run intermediate layers on it is refused when it is made.
+  const auto pipeline_msg = message_of<dinov2::InputError>([&] {
+    dinov2::Pipeline(package, dinov2::Recipe::resize(56, 70),
+                     dinov2::PipelineOptions{}.with_layers(dinov2::LayerRequest{{-1}, true}));
+  });
+  CHECK_THAT(pipeline_msg, ContainsSubstring("AOTInductor package"));
   CHECK_THAT(message_of<dinov2::DeviceError>([&] {
                dinov2::Model::load(path, dinov2::Options{}.with_dtype(dinov2::DType::kBFloat16));
              }),

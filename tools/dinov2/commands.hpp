@@ -29,6 +29,8 @@ struct Command {
 
 /// @brief `dinov2 extract`: features of images to safetensors or npy (cmd_extract.cpp).
 Command register_extract(CLI::App& app);
+/// @brief `dinov2 convert`: weights to a TorchScript backbone file (cmd_convert.cpp).
+Command register_convert(CLI::App& app);
 /// @brief `dinov2 pca`: PCA pictures of the patch features (cmd_pca.cpp).
 Command register_pca(CLI::App& app);
 /// @brief `dinov2 search`: cosine top-k against an extracted gallery (cmd_search.cpp).

@@ -32,8 +32,14 @@ namespace fs = std::filesystem;
 // Model and recipe options
 
 void ModelArgs::add_to(CLI::App* app) {
-  app->add_option("--model,-m", path, "Backbone file written by dinov2-export")
+  app->add_option("--model,-m", path,
+                  "Backbone: a file written by dinov2-export or `dinov2 convert`, or weights (a "
+                  "Hugging Face folder or model.safetensors, an official .pth)")
       ->required()
+      ->type_name("FILE");
+  app->add_option("--architecture", architecture,
+                  "With weights whose block count is not the official one: their architecture "
+                  "file (python -m dinov2_export.architecture)")
       ->type_name("FILE");
   app->add_option("--device", device, "Where the model runs")
       ->check(CLI::IsMember({"cpu", "cuda"}))
@@ -73,6 +79,7 @@ int max_threads() {
 
 Options ModelArgs::options() const {
   Options o;
+  o.architecture_file = architecture;
   o.device = device == "cuda" ? Device::kCUDA : Device::kCPU;
   o.dtype = dtype == "bfloat16"  ? DType::kBFloat16
             : dtype == "float16" ? DType::kFloat16

@@ -32,10 +32,12 @@ ImageLimits& input_limits();
 /// the cores, and tens of thousands make LibTorch's pool fail to start its threads.
 int max_threads();
 
-/// @brief The options that choose and place a model: --model, --device, --dtype, --threads, and
+/// @brief The options that choose and place a model: --model (and --architecture for weights of
+/// a reduced depth), --device, --dtype, --threads, and
 /// the input limits --max-pixels and --max-file-size.
 struct ModelArgs {
   std::string path;
+  std::string architecture;
   std::string device = "cpu";
   std::string dtype = "float32";
   int threads = 0;
