@@ -4,10 +4,12 @@
 #include <caffe2/serialize/inline_container.h>
 #include <fmt/format.h>
 
+#include <array>
 #include <cstdint>
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <string>
 
 namespace dinov2::detail {
@@ -28,132 +30,48 @@ std::string walk(const uint8_t* data, size_t size) {
   while (pos < size) {
     const size_t at = pos;
     const uint8_t op = data[pos++];
-    // Fixed-size arguments.
-    int fixed = -1;
-    switch (op) {
-      case '.':  // STOP
-        return "";
-      case '(':
-      case 't':
-      case ')':
-      case 0x85:
-      case 0x86:
-      case 0x87:
-      case '}':
-      case 'u':
-      case 's':
-      case ']':
-      case 'e':
-      case 'a':
-      case 'Q':
-      case 'R':
-      case 'b':
-      case 0x81:
-      case 'N':
-      case 0x88:
-      case 0x89:
-      case 0x93:
-      case '0':
-      case '1':
-      case '2':
-      case 'l':
-      case 'd':
-      case 'o':
-      case 0x90:
-      case 0x91:
-      case 0x92:
-        fixed = 0;
-        break;
-      case 0x94:  // MEMOIZE
-        ++memo;
-        fixed = 0;
-        break;
-      case 0x80:
-      case 'K':
-      case 'h':
-      case 'q':  // PROTO, BININT1, BINGET, BINPUT
-        fixed = 1;
-        break;
-      case 'M':  // BININT2
-        fixed = 2;
-        break;
-      case 'J':
-      case 'j':
-      case 'r':  // BININT, LONG_BINGET, LONG_BINPUT
-        fixed = 4;
-        break;
-      case 'G':
-      case 0x95:  // BINFLOAT, FRAME
-        fixed = 8;
-        break;
-      default:
-        break;
-    }
-    if (fixed >= 0) {
-      if (left() < static_cast<size_t>(fixed)) {
-        return fmt::format("opcode 0x{:02X} at byte {} is cut off by the end", op, at);
-      }
-      if (op == 'q' || op == 'r') {
-        const uint64_t index = little(data + pos, fixed);
-        if (index > memo) {
-          return fmt::format("memo index {} at byte {} is past the {} entries stored so far", index,
-                             at, memo);
+    if (op == '.') return "";  // STOP
+    const PickleArgument arg = pickle_argument(op);
+    switch (arg.kind) {
+      case PickleArgument::kFixed:
+        if (left() < static_cast<size_t>(arg.size)) {
+          return fmt::format("opcode 0x{:02X} at byte {} is cut off by the end", op, at);
         }
-        if (index == memo) ++memo;
+        if (op == 'q' || op == 'r') {  // BINPUT, LONG_BINPUT
+          const uint64_t index = little(data + pos, arg.size);
+          if (index > memo) {
+            return fmt::format("memo index {} at byte {} is past the {} entries stored so far",
+                               index, at, memo);
+          }
+          if (index == memo) ++memo;
+        }
+        if (op == 0x94) ++memo;  // MEMOIZE
+        pos += static_cast<size_t>(arg.size);
+        break;
+      case PickleArgument::kCounted: {
+        if (left() < static_cast<size_t>(arg.size)) {
+          return fmt::format("opcode 0x{:02X} at byte {} is cut off by the end", op, at);
+        }
+        const uint64_t length = little(data + pos, arg.size);
+        pos += static_cast<size_t>(arg.size);
+        if (length > left()) {
+          return fmt::format("opcode 0x{:02X} at byte {} claims {} bytes, but {} are left", op, at,
+                             length, left());
+        }
+        pos += static_cast<size_t>(length);
+        break;
       }
-      pos += static_cast<size_t>(fixed);
-      continue;
-    }
-    // Length-prefixed data.
-    int prefix = 0;
-    switch (op) {
-      case 0x8A:
-      case 0x8C:
-      case 'C':
-      case 'U':  // LONG1, SHORT_BINUNICODE, SHORT_BINBYTES, ..
-        prefix = 1;
+      case PickleArgument::kLines:
+        for (int i = 0; i < arg.size; ++i) {
+          while (pos < size && data[pos] != '\n') ++pos;
+          if (pos == size) return fmt::format("opcode '{}' at byte {} has no end of line", op, at);
+          ++pos;
+        }
+        if (op == 'p') ++memo;  // PUT
         break;
-      case 0x8B:
-      case 'X':
-      case 'B':
-      case 'T':  // LONG4, BINUNICODE, BINBYTES, BINSTRING
-        prefix = 4;
-        break;
-      case 0x8D:
-      case 0x8E:
-      case 0x96:  // BINUNICODE8, BINBYTES8, BYTEARRAY8
-        prefix = 8;
-        break;
-      default:
-        break;
+      case PickleArgument::kUnknown:
+        return "";  // an opcode the unpickler refuses here too
     }
-    if (prefix > 0) {
-      if (left() < static_cast<size_t>(prefix)) {
-        return fmt::format("opcode 0x{:02X} at byte {} is cut off by the end", op, at);
-      }
-      const uint64_t length = little(data + pos, prefix);
-      pos += static_cast<size_t>(prefix);
-      if (length > left()) {
-        return fmt::format("opcode 0x{:02X} at byte {} claims {} bytes, but {} are left", op, at,
-                           length, left());
-      }
-      pos += static_cast<size_t>(length);
-      continue;
-    }
-    // Newline-terminated arguments: GLOBAL has two, the text forms one.
-    int lines = 0;
-    if (op == 'c') lines = 2;
-    if (op == 'P' || op == 'I' || op == 'L' || op == 'F' || op == 'S' || op == 'V' || op == 'p' ||
-        op == 'g') {
-      lines = 1;
-    }
-    if (lines == 0) return "";  // an opcode the unpickler refuses here too
-    for (int i = 0; i < lines; ++i) {
-      while (pos < size && data[pos] != '\n') ++pos;
-      if (pos == size) return fmt::format("opcode '{}' at byte {} has no end of line", op, at);
-      ++pos;
-    }
-    if (op == 'p') ++memo;
   }
   return "";
 }
@@ -163,6 +81,36 @@ bool is_pickle(const std::string& name) {
 }
 
 }  // namespace
+
+PickleArgument pickle_argument(uint8_t op) {
+  // Opcodes by argument layout (pickletools' table, protocols 0 to 5).
+  static const std::array<PickleArgument, 256> table = [] {
+    std::array<PickleArgument, 256> t{};
+    const auto set = [&t](std::initializer_list<int> ops, PickleArgument::Kind kind, int size) {
+      for (const int op : ops) t[static_cast<size_t>(op)] = {kind, size};
+    };
+    // No argument: STOP, MARK, the tuple, list, dict and set builders, REDUCE, BUILD, NEWOBJ,
+    // BINPERSID, NONE, booleans, POP, DUP, STACK_GLOBAL, MEMOIZE, buffers.
+    set({'.', '(',  't',  ')',  0x85, 0x86, 0x87, '}',  'u',  's', ']',  'e',
+         'a', 'l',  'd',  'o',  0x8f, 0x90, 0x91, 'Q',  'R',  'b', 0x81, 0x92,
+         'N', 0x88, 0x89, 0x93, '0',  '1',  '2',  0x94, 0x97, 0x98},
+        PickleArgument::kFixed, 0);
+    // PROTO, BININT1, BINGET, BINPUT, EXT1
+    set({0x80, 'K', 'h', 'q', 0x82}, PickleArgument::kFixed, 1);
+    set({'M', 0x83}, PickleArgument::kFixed, 2);            // BININT2 EXT2
+    set({'J', 'j', 'r', 0x84}, PickleArgument::kFixed, 4);  // BININT LONG_BINGET LONG_BINPUT EXT4
+    set({'G', 0x95}, PickleArgument::kFixed, 8);            // BINFLOAT FRAME
+    // Counted: LONG1, SHORT_BINUNICODE, SHORT_BINBYTES, SHORT_BINSTRING; LONG4, BINUNICODE,
+    // BINBYTES, BINSTRING; BINUNICODE8, BINBYTES8, BYTEARRAY8.
+    set({0x8a, 0x8c, 'C', 'U'}, PickleArgument::kCounted, 1);
+    set({0x8b, 'X', 'B', 'T'}, PickleArgument::kCounted, 4);
+    set({0x8d, 0x8e, 0x96}, PickleArgument::kCounted, 8);
+    set({'c', 'i'}, PickleArgument::kLines, 2);  // GLOBAL, INST: module and name
+    set({'P', 'I', 'L', 'F', 'S', 'V', 'p', 'g'}, PickleArgument::kLines, 1);
+    return t;
+  }();
+  return table[op];
+}
 
 std::string pickle_problem(const std::string& path) {
   try {

@@ -3,6 +3,7 @@
 // torch::jit::load reads them.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace dinov2::detail {
@@ -18,6 +19,22 @@ namespace dinov2::detail {
 /// past the entries stored so far, as every pickler writes them. An opcode this walk does not
 /// know ends the walk: the unpickler stops at the same place.
 std::string pickle_problem(const std::string& path);
+
+/// How the argument of a pickle opcode (protocols 0 to 5) is laid out after the opcode byte.
+struct PickleArgument {
+  enum Kind {
+    kFixed,    ///< `size` bytes
+    kCounted,  ///< a little-endian length of `size` bytes, then that many bytes
+    kLines,    ///< `size` newline-terminated lines
+    kUnknown,  ///< not an opcode of protocols 0 to 5
+  };
+  Kind kind = kUnknown;
+  int size = 0;
+};
+
+/// The argument layout of opcode `op`; the one table of opcodes, shared by the bounds check here
+/// and the checkpoint reader (src/weights.cpp).
+PickleArgument pickle_argument(uint8_t op);
 
 /// Whether the file at `path` starts with a zip local-file header ("PK\3\4"), as every
 /// TorchScript archive, AOTInductor package and head file does; false when it cannot be read.
