@@ -3,7 +3,7 @@
 block, a 4x4 position grid) small enough to mutate quickly, made with the real exporter so that
 they are what `Model::load` and the head loaders read. Generated, not kept in the repository.
 
-    python fuzz/make_seeds.py OUT   # writes OUT/model/*.pt and OUT/head/*.pt
+    python fuzz/make_seeds.py OUT   # writes OUT/model/*.pt, OUT/head/*.pt, OUT/weights/*
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from dinov2_export.export import METADATA_FILE, metadata, script
 from dinov2_export.heads import (
     HEAD_FILE,
@@ -55,8 +54,34 @@ def head(out: Path, kind_name: str) -> None:
     torch.jit.script(module).save(str(out), _extra_files={HEAD_FILE: json.dumps(meta)})
 
 
+def weights(out: Path) -> None:
+    """Toy weight files for fuzz_weights: checkpoints as torch.save writes them (an OrderedDict
+    with its _metadata, a training checkpoint's nesting) and a safetensors file with Hugging Face
+    names. Their width matches no variant, so loading them fails late, after every reading step.
+    """
+    from collections import OrderedDict
+
+    from dinov2_export.weights import to_huggingface
+    from safetensors.torch import save_file
+
+    torch.manual_seed(7)
+    model = DinoV2(toy(4), depth=1, pos_grid=4)
+    sd = model.state_dict()
+    torch.save(sd, out / "state_dict.pth")
+    torch.save(
+        {"teacher": OrderedDict(("backbone." + k, v) for k, v in sd.items()), "iteration": 3},
+        out / "training.pth",
+    )
+    save_file(
+        {k: v.contiguous() for k, v in to_huggingface(dict(sd)).items()},
+        str(out / "toy.safetensors"),
+    )
+
+
 def main() -> int:
     out = Path(sys.argv[1])
+    (out / "weights").mkdir(parents=True, exist_ok=True)
+    weights(out / "weights")
     (out / "model").mkdir(parents=True, exist_ok=True)
     (out / "head").mkdir(parents=True, exist_ok=True)
     backbone(out / "model" / "toy.pt", 0)

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # Runs the libFuzzer targets of fuzz/ (built with ASan + UBSan in build-asan/).
 #   scripts/fuzz.sh TARGET SECONDS      one target for SECONDS (image, model, head, safetensors,
-#                                       npy, text; or fuzz_TARGET)
+#                                       npy, text, weights; or fuzz_TARGET)
 #   scripts/fuzz.sh TARGET --runs N     one target for N executions
 #   scripts/fuzz.sh all --runs N        every target for N executions (the CI smoke run)
 # Seeds: fuzz/corpus/TARGET (kept in the repository), plus toy model and head files that
@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-TARGETS=(image model head safetensors npy text)
+TARGETS=(image model head safetensors npy text weights)
 usage() { echo "usage: scripts/fuzz.sh TARGET|all SECONDS | TARGET|all --runs N" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 target=${1#fuzz_}
@@ -35,7 +35,7 @@ log() { printf '\033[1mfuzz:\033[0m %s\n' "$*" >&2; }
 scripts/sanitize.sh address --build-only
 BUILD=$ROOT/build-asan
 GENERATED=$BUILD/fuzz-seeds
-if [ ! -f "$GENERATED/model/toy.pt" ] || [ fuzz/make_seeds.py -nt "$GENERATED/model/toy.pt" ]; then
+if [ ! -f "$GENERATED/weights/toy.safetensors" ] || [ fuzz/make_seeds.py -nt "$GENERATED/weights/toy.safetensors" ]; then
   log "writing the toy model and head seeds (fuzz/make_seeds.py)"
   .venv/bin/python fuzz/make_seeds.py "$GENERATED"
 fi
@@ -46,6 +46,7 @@ status=0
 for t in "${selected[@]}"; do
   case $t in
     model | head) seeds=$GENERATED/$t; extra=(-dict="$ROOT/fuzz/metadata.dict") ;;
+    weights) seeds=$GENERATED/$t; extra=() ;;
     *) seeds=$ROOT/fuzz/corpus/$t; extra=() ;;
   esac
   largest=$(find "$seeds" -type f -printf '%s\n' | sort -n | tail -1)
