@@ -8,6 +8,8 @@
 //   dinov2_bench e2e        --model F --images DIR [--size S] [--batch B] [--threads T]
 //                           [--workers K] [--device cpu|cuda]
 //   dinov2_bench matmul     [--n N] [--iters N] [--threads T]
+//   dinov2_bench load       --model F [--architecture A]   (one load: time and memory; run it in
+//                           a fresh process per measurement, as bench/load.py does)
 //
 // With --device cuda the input batch starts on the CPU, as a preprocessed batch does, and the
 // library copies it; the clock is read after the GPU has finished (torch::cuda::synchronize).
@@ -17,7 +19,6 @@
 // Built against a CUDA LibTorch (DINOV2_BENCH_CUDA, set by bench/CMakeLists.txt), the model mode
 // also reports the GPU's name and the peak GPU memory of the caching allocator.
 #include <ATen/Parallel.h>
-#include <sys/resource.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -31,6 +32,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <mutex>
@@ -65,11 +67,19 @@ double median(std::vector<double> v) {
   return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
 }
 
-double peak_rss_mb() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+/// A field of /proc/self/status in MB (VmRSS: resident now, VmHWM: its peak), or -1. Unlike
+/// ru_maxrss, which execve keeps from the parent process, VmHWM belongs to this program alone.
+double status_mb(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::stod(line.substr(field.size() + 1)) / 1024.0;
+  }
+  return -1;
 }
+
+/// Peak resident memory of this program, in MB.
+double peak_rss_mb() { return status_mb("VmHWM"); }
 
 std::string json_string(const std::string& s) {
   std::string out = "\"";
@@ -311,6 +321,23 @@ int run_e2e(const Args& args) {
   return 0;
 }
 
+// One Model::load of a file or of weights: its wall time, and the memory before, after and at
+// the peak (which includes the one-patch forward pass Model::load runs).
+int run_load(const Args& args) {
+  dinov2::configure_runtime(dinov2::RuntimeSettings{}.with_threads(args.integer("threads", 0)));
+  dinov2::Options options;
+  options.architecture_file = args.get("architecture", "");
+  const double before = status_mb("VmRSS");
+  const auto t0 = Clock::now();
+  const auto model = dinov2::Model::load(args.get("model"), options);
+  const double load_s = seconds_since(t0);
+  std::cout << "{\"mode\": \"load\", \"model\": " << json_string(args.get("model"))
+            << ", \"variant\": " << json_string(model.info().variant) << ", \"load_s\": " << load_s
+            << ", \"rss_before_mb\": " << before << ", \"rss_after_mb\": " << status_mb("VmRSS")
+            << ", \"peak_rss_mb\": " << peak_rss_mb() << "}\n";
+  return 0;
+}
+
 // The machine's float32 matrix-multiply rate, the denominator of the FLOP utilisation.
 int run_matmul(const Args& args) {
   if (args.integer("threads", 0) > 0) at::set_num_threads(args.integer("threads", 0));
@@ -333,7 +360,7 @@ int run_matmul(const Args& args) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: dinov2_bench model|preprocess|e2e|matmul --option value ...\n";
+    std::cerr << "usage: dinov2_bench model|preprocess|e2e|matmul|load --option value ...\n";
     return 2;
   }
   try {
@@ -343,6 +370,7 @@ int main(int argc, char** argv) {
     if (mode == "preprocess") return run_preprocess(args);
     if (mode == "e2e") return run_e2e(args);
     if (mode == "matmul") return run_matmul(args);
+    if (mode == "load") return run_load(args);
     std::cerr << "dinov2_bench: unknown mode " << mode << "\n";
     return 2;
   } catch (const std::exception& e) {
