@@ -21,10 +21,17 @@ from dinov2_export.export import export, read_metadata, variant_metadata
 from dinov2_export.model import DinoV2
 from dinov2_export.variants import VARIANTS
 from dinov2_export.weights import load_weights
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = Path(os.environ.get("DINOV2_BUILD_DIR", REPO / "build")) / "bin" / "dinov2"
 needs_tool = pytest.mark.skipif(not TOOL.exists(), reason=f"the dinov2 tool is not built: {TOOL}")
+
+
+def run_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(TOOL), *map(str, args)], check=False, capture_output=True, text=True, timeout=300
+    )
 
 
 def outputs(path: Path, x: torch.Tensor):
@@ -57,13 +64,7 @@ def test_convert_writes_what_dinov2_export_writes(tmp_path):
     arch = tmp_path / "arch.pt"
     arch.write_bytes(architecture(w.variant, 2))
     converted = tmp_path / "converted.pt"
-    res = subprocess.run(
-        [str(TOOL), "convert", str(folder), "--architecture", str(arch), "-o", str(converted)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    res = run_tool("convert", folder, "--architecture", arch, "-o", converted)
     assert res.returncode == 0, res.stderr
     assert "dinov2_vits14_reg" in res.stdout
     exported = tmp_path / "exported.pt"
@@ -83,13 +84,7 @@ def test_convert_writes_what_dinov2_export_writes(tmp_path):
 
 @needs_tool
 def test_convert_refuses_a_file_that_is_already_an_export(s2_model, tmp_path):
-    res = subprocess.run(
-        [str(TOOL), "convert", str(s2_model), "-o", str(tmp_path / "x.pt")],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    res = run_tool("convert", s2_model, "-o", tmp_path / "x.pt")
     assert res.returncode == 2
     assert "already a dinov2-export file" in res.stderr
     assert not (tmp_path / "x.pt").exists()
@@ -106,20 +101,12 @@ def test_every_subcommand_takes_weights_as_model(tmp_path):
     images = sorted(str(p) for p in (REPO / "examples" / "data").glob("*.jpg"))[:2]
     outs = {}
     for name, model in (
-        ("weights", ["--model", str(folder), "--architecture", str(arch)]),
-        ("export", ["--model", str(exported)]),
+        ("weights", ["--model", folder, "--architecture", arch]),
+        ("export", ["--model", exported]),
     ):
         out = tmp_path / f"{name}.safetensors"
-        res = subprocess.run(
-            [str(TOOL), "extract", *model, "--recipe", "eval224", "-o", str(out), *images],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        res = run_tool("extract", *model, "--recipe", "eval224", "-o", out, *images)
         assert res.returncode == 0, res.stderr
-        from safetensors.torch import load_file
-
         outs[name] = load_file(str(out))
     assert outs["weights"].keys() == outs["export"].keys()
     for key in outs["export"]:

@@ -37,12 +37,12 @@ import torch
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import dinov2_export
 from dinov2_export.architecture import architecture
 from dinov2_export.export import export
 from dinov2_export.model import DinoV2
 from dinov2_export.variants import Variant, get_variant
 from dinov2_export.weights import load_weights, random_state_dict, to_huggingface
+from model_refs import stamp_digest as exporter_digest
 
 # name: (variant, depth or None for the official depth, seed)
 CASES = {
@@ -60,14 +60,8 @@ MARKER = "callable_ran"
 
 
 def stamp_digest() -> str:
-    d = hashlib.sha256()
-    d.update(Path(__file__).read_bytes())
-    pkg = Path(dinov2_export.__file__).parent
-    for f in sorted(pkg.glob("*.py")):
-        d.update(f.name.encode())
-        d.update(f.read_bytes())
-    d.update(torch.__version__.encode())
-    return d.hexdigest()
+    """model_refs' digest (the exporter's sources, torch's version) and this script."""
+    return hashlib.sha256((exporter_digest() + Path(__file__).read_text()).encode()).hexdigest()
 
 
 def hf_config(variant: Variant, depth: int):
