@@ -94,15 +94,18 @@ int64_t argument_bytes(const std::string& p, size_t pos, unsigned char op) {
   }
 }
 
-/// The memo index a BINPUT or LONG_BINPUT at `pos` stores to, or -1 for another opcode.
-int64_t put_index(const std::string& p, size_t pos) {
-  const auto op = static_cast<unsigned char>(p[pos]);
-  if (op == 'q') return static_cast<unsigned char>(p[pos + 1]);
-  if (op != 'r') return -1;
+/// The memo index a one-byte (`short_op`) or four-byte little-endian (`long_op`) memo opcode at
+/// `pos` names, or -1 for another opcode. The caller has checked the argument is in the pickle.
+int64_t memo_index(const std::string& p, size_t pos, char short_op, char long_op) {
+  if (p[pos] == short_op) return static_cast<unsigned char>(p[pos + 1]);
+  if (p[pos] != long_op) return -1;
   uint32_t v = 0;
   for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[pos + 1 + i]);
   return v;
 }
+
+/// The memo index a BINPUT or LONG_BINPUT at `pos` stores to, or -1 for another opcode.
+int64_t put_index(const std::string& p, size_t pos) { return memo_index(p, pos, 'q', 'r'); }
 
 /// A torch.save pickle rewritten for LibTorch's unpickler, which reads `collections.OrderedDict`
 /// as None (it expects one only as a tensor's unused backward hooks) and so loses a state dict,
@@ -158,9 +161,12 @@ std::string for_libtorch(const std::string& p, const std::string& path) {
       // GLOBAL OrderedDict [PUT n] EMPTY_TUPLE REDUCE -> EMPTY_DICT [PUT n].
       const size_t next = pos + len;
       size_t put_len = 0;
-      if (next < p.size() && put_index(p, next) >= 0) {
-        put_len = token(next).second;
-        ordered_dict_memo.push_back(put_index(p, next));
+      if (next < p.size()) {
+        const size_t next_len = token(next).second;  // checks the argument is in the pickle
+        if (put_index(p, next) >= 0) {
+          put_len = next_len;
+          ordered_dict_memo.push_back(put_index(p, next));
+        }
       }
       if (!empty_call_at(next + put_len)) {
         bad_weights(path, fmt::format("the checkpoint's pickle uses OrderedDict other than as an "
@@ -173,10 +179,12 @@ std::string for_libtorch(const std::string& p, const std::string& path) {
       pos = next + put_len + 2;
       continue;
     }
-    if (op == 'h' && empty_call_at(pos + len) &&
+    // BINGET or LONG_BINGET <OrderedDict> EMPTY_TUPLE REDUCE -> EMPTY_DICT. A large checkpoint
+    // memoises the class past index 255, which LONG_BINGET then names.
+    if ((op == 'h' || op == 'j') && empty_call_at(pos + len) &&
         std::count(ordered_dict_memo.begin(), ordered_dict_memo.end(),
-                   static_cast<unsigned char>(p[pos + 1])) > 0) {
-      out += '}';  // BINGET <OrderedDict> EMPTY_TUPLE REDUCE -> EMPTY_DICT
+                   memo_index(p, pos, 'h', 'j')) > 0) {
+      out += '}';
       starts.push_back(here);
       pos += len + 2;
       continue;

@@ -160,6 +160,16 @@ def refusal_files(out: Path) -> None:
     hf_bad = dict(hf)
     hf_bad["encoder.layer.1.mlp.fc1.weight"] = torch.zeros(1536, 380)
     save_file(hf_bad, r / "wrong_shape.safetensors")
+    # A training checkpoint whose state dicts come after 300 memoised strings, so the pickle
+    # names the OrderedDict class by a four-byte memo index (LONG_BINPUT, LONG_BINGET); the
+    # student's weights differ, so picking or reading the wrong dict shows.
+    model = DinoV2(variant, depth=2)
+    model.load_state_dict(sd, strict=True)
+    student = {k: torch.zeros_like(v) for k, v in sd.items()}
+    notes = [f"note {i}" for i in range(300)]
+    nested = {"notes": notes, "student": model.state_dict(), "teacher": model.state_dict()}
+    nested["student"].update(student)
+    torch.save(nested, r / "nested_long_memo.pth")
     pth = (r / "good.pth").read_bytes()
     (r / "truncated.pth").write_bytes(pth[: len(pth) // 2])
     torch.save(sd, r / "legacy.pth", _use_new_zipfile_serialization=False)

@@ -182,6 +182,21 @@ TEST_CASE("weight files with a wrong key, shape or config are refused with the r
   CHECK(Model::load(r("hf"), o).info().depth == 2);
 }
 
+TEST_CASE(
+    "a training checkpoint that names OrderedDict by a four-byte memo index loads its teacher",
+    "[.weights]") {
+  Options o;
+  o.architecture_file = weights("refuse/architecture.pt");
+  const Model want = Model::load(weights("refuse/good.pth"), o);
+  const Model got = Model::load(weights("refuse/nested_long_memo.pth"), o);
+  at::manual_seed(3);
+  const at::Tensor x = at::randn({1, 3, 224, 224});
+  const auto a = got.extract_features(x);
+  const auto b = want.extract_features(x);
+  CHECK(max_abs_diff(a.cls, b.cls) == 0);
+  CHECK(max_abs_diff(a.patches, b.patches) == 0);
+}
+
 TEST_CASE("a .pth whose pickle calls a function is refused without running it", "[.weights]") {
   check_no_python_environment();
   Options o;
