@@ -18,7 +18,7 @@ done
 TORCH_VERSION=2.13.0             # its wheel carries the LibTorch the C++ build links
 REF_TORCH=(torch==2.14.1 torchvision==0.29.1)  # timm needs a torchvision matched to its torch
 APT_PACKAGES=(g++ cmake ninja-build python3-venv python3-dev libopencv-dev libeigen3-dev
-  libfmt-dev catch2 nlohmann-json3-dev libssl-dev libcli11-dev libfaiss-dev clang-format)
+  libfmt-dev catch2 nlohmann-json3-dev libssl-dev libarchive-dev libcli11-dev libfaiss-dev clang-format)
 
 log() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 

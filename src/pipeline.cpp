@@ -55,6 +55,17 @@ ImageSource ImageSource::pixels(ImageView view, std::shared_ptr<const void> owne
   return source;
 }
 
+ImageSource ImageSource::reader(std::function<std::string()> read, std::string name) {
+  if (!read) throw InputError::invalid_argument("dinov2: ImageSource::reader: no read function");
+  ImageSource source;
+  source.kind_ = Kind::kReader;
+  source.name_ = std::move(name);
+  source.read_ = std::move(read);
+  return source;
+}
+
+std::string ImageSource::read() const { return kind_ == Kind::kReader ? read_() : data(); }
+
 const std::string& ImageSource::data() const {
   static const std::string kEmpty;
   return data_ ? *data_ : kEmpty;
@@ -88,10 +99,14 @@ Prepared prepare(const ImageSource& source, const Preprocessor& preprocessor,
       out.batch = preprocessor(source.view());
       return out;
     }
-    const DecodedImage decoded =
-        source.kind() == ImageSource::Kind::kFile
-            ? try_load_image(source.name(), options.limits, options.apply_exif_orientation)
-            : try_decode_image(source.data(), options.limits, options.apply_exif_orientation);
+    DecodedImage decoded;
+    if (source.kind() == ImageSource::Kind::kFile) {
+      decoded = try_load_image(source.name(), options.limits, options.apply_exif_orientation);
+    } else if (source.kind() == ImageSource::Kind::kReader) {
+      decoded = try_decode_image(source.read(), options.limits, options.apply_exif_orientation);
+    } else {
+      decoded = try_decode_image(source.data(), options.limits, options.apply_exif_orientation);
+    }
     if (!decoded.ok()) {
       out.error = decoded.error;
       return out;

@@ -52,6 +52,7 @@ class ImageSource {
     kFile,    ///< a path, read and decoded under PipelineOptions::limits
     kBytes,   ///< an encoded image (JPEG, PNG, ...), decoded under the same limits
     kPixels,  ///< decoded pixels (an ImageView) kept alive by an owner
+    kReader,  ///< encoded data that a function reads when the Pipeline decodes the input
   };
   /// @brief An image file; name() is the path.
   static ImageSource file(std::string path);
@@ -60,6 +61,11 @@ class ImageSource {
   /// @brief Encoded image data, e.g. read from an archive or received over a network; `name`
   /// labels it in results and failure reasons.
   static ImageSource bytes(std::string data, std::string name = "");
+  /// @brief Encoded image data read by `read` on a decode worker when the Pipeline reaches the
+  /// input, so that only the inputs being decoded are in memory (e.g. the members of a tar
+  /// shard, dinov2/webdataset.hpp). `read` may be called from a worker thread; an exception it
+  /// throws becomes the input's failure. The result is decoded under the Pipeline's limits.
+  static ImageSource reader(std::function<std::string()> read, std::string name);
   /// @brief Decoded pixels: `view` must stay valid as long as `owner` lives (the Pipeline keeps
   /// a reference to `owner` until the image is preprocessed). dinov2/opencv.hpp has
   /// image_source(cv::Mat), which does this for a cv::Mat.
@@ -74,6 +80,8 @@ class ImageSource {
   const std::string& data() const;
   /// @brief The pixels of a kPixels source.
   const ImageView& view() const noexcept { return view_; }
+  /// @brief The encoded data: data() for kBytes, what the function returns for kReader.
+  std::string read() const;
 
  private:
   Kind kind_ = Kind::kFile;
@@ -81,6 +89,7 @@ class ImageSource {
   std::shared_ptr<const std::string> data_;
   ImageView view_;
   std::shared_ptr<const void> owner_;
+  std::function<std::string()> read_;
 };
 
 /// @brief How a Pipeline reads and batches. A plain struct: set fields or chain the setters.
