@@ -35,6 +35,7 @@
 #include "dinov2/preprocess.hpp"
 #include "dinov2/runtime.hpp"
 #include "dinov2/version.hpp"
+#include "inputs.hpp"
 
 namespace dinov2::cli {
 
@@ -60,15 +61,20 @@ struct ExtractArgs {
   std::vector<std::string> inputs;
 };
 
-/// One input of this run: its position in the full sorted list, and its path.
+/// One input of this run: its position in the full input list, its path, stable key, side
+/// files and source (inputs.hpp).
 struct Item {
   int64_t index = 0;
   std::string path;
+  std::string key;
+  json side;
+  ImageSource source;
 };
 
 struct Failure {
   int64_t index = 0;
   std::string path;
+  std::string key;
   std::string reason;
 };
 
@@ -121,16 +127,20 @@ void write_part(const std::string& path, int64_t chunk_index, const std::vector<
     cls[i].copy_(row.cls);
     registers[i].copy_(row.registers);
     if (row.patch.defined()) tensors.emplace_back(fmt::format("patch/{}", i), row.patch);
-    meta_rows.push_back({{"index", row.item.index},
-                         {"path", row.item.path},
-                         {"size", {row.grid.original_height, row.grid.original_width}},
-                         {"grid", {row.grid.rows, row.grid.cols}}});
+    json meta_row = {{"index", row.item.index},
+                     {"path", row.item.path},
+                     {"key", row.item.key},
+                     {"size", {row.grid.original_height, row.grid.original_width}},
+                     {"grid", {row.grid.rows, row.grid.cols}}};
+    if (!row.item.side.is_null()) meta_row["side"] = row.item.side;
+    meta_rows.push_back(std::move(meta_row));
   }
   tensors.emplace_back("cls", cls);
   tensors.emplace_back("registers", registers);
   json meta_failed = json::array();
   for (const auto& f : failures) {
-    meta_failed.push_back({{"index", f.index}, {"path", f.path}, {"reason", f.reason}});
+    meta_failed.push_back(
+        {{"index", f.index}, {"path", f.path}, {"key", f.key}, {"reason", f.reason}});
   }
   save_safetensors(path, tensors,
                    {{"chunk", std::to_string(chunk_index)},
@@ -146,6 +156,8 @@ struct PartRow {
   int64_t local = 0;  // row in that part
   int64_t index = 0;  // position in the full input list
   std::string path;
+  std::string key;
+  json side;  // null when the input had no side files
   int64_t height = 0, width = 0, grid_h = 0, grid_w = 0;
 };
 
@@ -258,6 +270,8 @@ void merge_parts(const ExtractArgs& args, const std::string& parts_dir, int64_t 
       row.local = local++;
       row.index = r.at("index").get<int64_t>();
       row.path = r.at("path").get<std::string>();
+      row.key = r.value("key", row.path);  // parts of an earlier version have no key
+      if (r.contains("side")) row.side = r.at("side");
       row.height = r.at("size").at(0).get<int64_t>();
       row.width = r.at("size").at(1).get<int64_t>();
       row.grid_h = r.at("grid").at(0).get<int64_t>();
@@ -265,8 +279,10 @@ void merge_parts(const ExtractArgs& args, const std::string& parts_dir, int64_t 
       rows.push_back(std::move(row));
     }
     for (const auto& f : json::parse(meta.at("failed"))) {
-      failed.push_back(
-          {{"path", f.at("path")}, {"reason", f.at("reason")}, {"input_index", f.at("index")}});
+      failed.push_back({{"path", f.at("path")},
+                        {"key", f.value("key", f.at("path").get<std::string>())},
+                        {"reason", f.at("reason")},
+                        {"input_index", f.at("index")}});
     }
   }
   const int64_t n = static_cast<int64_t>(rows.size());
@@ -343,8 +359,13 @@ void merge_parts(const ExtractArgs& args, const std::string& parts_dir, int64_t 
   });
 
   json paths = json::array(), indices = json::array(), sizes = json::array(), grids = json::array();
+  json keys = json::array(), side = json::array();
+  bool any_side = false;
   for (const auto& row : rows) {
     paths.push_back(row.path);
+    keys.push_back(row.key);
+    side.push_back(row.side);
+    any_side = any_side || !row.side.is_null();
     indices.push_back(row.index);
     sizes.push_back({row.height, row.width});
     grids.push_back({row.grid_h, row.grid_w});
@@ -354,6 +375,8 @@ void merge_parts(const ExtractArgs& args, const std::string& parts_dir, int64_t 
       by_grid.size() > 1 ? json(nullptr) : json{single_grid.first, single_grid.second};
   metadata["patch_layout"] = !patches ? "none" : by_grid.size() > 1 ? "by_grid" : "single";
   metadata["paths"] = std::move(paths);
+  metadata["keys"] = std::move(keys);
+  if (any_side) metadata["side"] = std::move(side);
   metadata["input_indices"] = std::move(indices);
   metadata["image_sizes"] = std::move(sizes);
   metadata["grids"] = std::move(grids);
@@ -570,17 +593,19 @@ int run_extract(ExtractArgs args) {
   const auto [shard_i, shard_n] =
       args.shard.empty() ? std::pair<int64_t, int64_t>{0, 1} : parse_shard(args.shard);
 
-  const std::vector<std::string> all = collect_inputs(args.inputs);
+  std::vector<InputItem> all = expand_inputs(args.inputs);
   if (all.empty()) {
     throw InputError::invalid_argument(
         fmt::format("dinov2: no images found in {} (folders are searched for .jpg, .jpeg, .png, "
-                    ".bmp, .tif, .tiff, .webp)",
+                    ".bmp, .tif, .tiff, .webp; tar shards for members with those extensions)",
                     fmt::join(args.inputs, " ")));
   }
   std::vector<Item> items;
   for (size_t k = 0; k < all.size(); ++k) {
-    if (static_cast<int64_t>(k) % shard_n == shard_i)
-      items.push_back({static_cast<int64_t>(k), all[k]});
+    if (static_cast<int64_t>(k) % shard_n != shard_i) continue;
+    InputItem& in = all[k];
+    items.push_back({static_cast<int64_t>(k), std::move(in.path), std::move(in.key),
+                     std::move(in.side), std::move(in.source)});
   }
 
   std::cerr << "dinov2 extract: CPU " << to_string(cpu_info()) << "\n";
@@ -641,7 +666,7 @@ int run_extract(ExtractArgs args) {
   std::vector<ImageSource> sources;
   for (const int64_t c : todo) {
     for (auto& item : chunk_items(c)) {
-      sources.push_back(ImageSource::file(item.path));
+      sources.push_back(item.source);
       todo_items.push_back(std::move(item));
     }
   }
@@ -655,7 +680,7 @@ int run_extract(ExtractArgs args) {
                       patches ? result.patches.to(patch_dtype).contiguous() : at::Tensor()});
     } else {
       progress.message(fmt::format("dinov2: skipped {}: {}", item.path, result.error));
-      failures.push_back({item.index, item.path, std::move(result.error)});
+      failures.push_back({item.index, item.path, item.key, std::move(result.error)});
     }
     const size_t inputs = rows.size() + failures.size();
     if (static_cast<int64_t>(inputs) == chunk_input_count(todo[t])) {
@@ -709,8 +734,10 @@ Command register_extract(CLI::App& app) {
       "folder of .npy files)");
   sub->footer(
       "INPUT is an image file, a folder (searched recursively for jpg, jpeg, png, bmp, tif, "
-      "tiff, webp) or @LIST (a text file with one path per line). Rows follow the sorted input "
-      "paths. Bad images are reported and skipped (exit code 3). Finished batches are kept in "
+      "tiff, webp), @LIST (a text file with one path per line) or a WebDataset tar shard (.tar, "
+      ".tar.gz, ...: its image members in archive order, with KEY.json/KEY.txt kept as row "
+      "metadata). Rows follow the sorted input paths. Bad images and corrupt members are "
+      "reported and skipped (exit code 3). Finished batches are kept in "
       "OUTPUT.parts/ until the end, so an interrupted run continues with --resume.");
   args->model.add_to(sub);
   sub->add_option("--output,-o", args->output,
@@ -740,7 +767,9 @@ Command register_extract(CLI::App& app) {
   sub->add_flag("--ignore-orientation", args->ignore_orientation,
                 "Keep the stored pixel order of photos with an EXIF orientation tag (as PIL's "
                 "Image.open does) instead of turning them upright");
-  add_image_inputs(sub, args->inputs, "INPUT");
+  sub->add_option("inputs", args->inputs, "Images, folders, @lists or WebDataset tar shards")
+      ->required()
+      ->type_name("INPUT");
   return {sub, [args] { return run_extract(*args); }};
 }
 

@@ -16,6 +16,7 @@ enum ExitCode : int {
   kExitFailure = 1,       ///< an unexpected failure (a bug, out of memory, a LibTorch error)
   kExitUsage = 2,         ///< bad arguments, unreadable model, unusable device, unwritable output
   kExitInputsFailed = 3,  ///< the run finished but some inputs were skipped (listed in the output)
+  kExitIncomplete = 4,    ///< `verify`: inputs missing or duplicated in the outputs
 };
 
 /// @brief A registered subcommand: its CLI11 app (options bound by the register function) and
@@ -29,6 +30,10 @@ struct Command {
 
 /// @brief `dinov2 extract`: features of images to safetensors or npy (cmd_extract.cpp).
 Command register_extract(CLI::App& app);
+/// @brief `dinov2 merge`: extract outputs combined into one file (cmd_merge.cpp).
+Command register_merge(CLI::App& app);
+/// @brief `dinov2 verify`: extract outputs checked against their inputs (cmd_verify.cpp).
+Command register_verify(CLI::App& app);
 /// @brief `dinov2 convert`: weights to a TorchScript backbone file (cmd_convert.cpp).
 Command register_convert(CLI::App& app);
 /// @brief `dinov2 pca`: PCA pictures of the patch features (cmd_pca.cpp).

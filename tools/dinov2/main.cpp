@@ -57,11 +57,12 @@ int main(int argc, char** argv) {
   app.footer(
       "Run `dinov2 SUBCOMMAND --help` for the options of a subcommand; docs/CLI.md has the "
       "details.\nExit codes: 0 success, 1 unexpected failure, 2 usage/model/output error, "
-      "3 some inputs failed.");
+      "3 some inputs failed, 4 verify found inputs missing or duplicated.");
 
   const std::vector<Command> commands = {
-      register_extract(app),  register_pca(app),   register_search(app),  register_probe(app),
-      register_classify(app), register_depth(app), register_segment(app), register_convert(app),
+      register_extract(app),  register_pca(app),    register_search(app),  register_probe(app),
+      register_classify(app), register_depth(app),  register_segment(app), register_convert(app),
+      register_merge(app),    register_verify(app),
   };
 
   // CLI11 would report a mistyped subcommand as a missing one; name it instead.
