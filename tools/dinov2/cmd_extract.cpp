@@ -447,6 +447,26 @@ std::optional<json> our_output(const std::string& path) {
   }
 }
 
+/// The rows and failures of `output` when it is the finished output of the run with this
+/// fingerprint; nullopt otherwise.
+std::optional<std::pair<int64_t, int64_t>> finished_output(const std::string& output,
+                                                           const json& fingerprint) {
+  const auto meta = our_output(output);
+  if (!meta || !meta->contains("run")) return std::nullopt;
+  try {
+    // safetensors metadata holds JSON text; an npy folder's metadata.json holds the values.
+    const auto value = [&](const char* key) {
+      const json& v = meta->at(key);
+      return v.is_string() ? json::parse(v.get<std::string>()) : v;
+    };
+    if (value("run") != fingerprint) return std::nullopt;
+    return std::make_pair(value("rows").get<int64_t>(),
+                          static_cast<int64_t>(value("failed").size()));
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
 /// Whether `output` is the finished output of the run whose fingerprint is in `run_file`.
 bool finished_run(const std::string& output, const std::string& run_file) {
   const auto meta = our_output(output);
@@ -630,6 +650,15 @@ int run_extract(ExtractArgs args) {
                                               static_cast<size_t>(chunk_size));
   const std::string parts_dir = args.output + ".parts";
   const json fingerprint = run_fingerprint(args, info, recipe, chunk_size, items);
+  if (args.resume && !fs::exists(parts_dir)) {
+    if (const auto done = finished_output(args.output, fingerprint)) {
+      std::cerr << fmt::format(
+          "dinov2 extract: {} is already the finished output of this run ({} rows, {} failed); "
+          "nothing to do (without --resume it is computed again)\n",
+          args.output, done->first, done->second);
+      return done->second > 0 ? kExitInputsFailed : kExitSuccess;
+    }
+  }
   prepare_parts_dir(args, parts_dir, fingerprint);
 
   auto chunk_input_count = [&](int64_t c) {
