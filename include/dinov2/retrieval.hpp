@@ -69,22 +69,89 @@ class CosineTopK {
 SearchResult cosine_top_k(const at::Tensor& queries, const at::Tensor& gallery, int64_t k,
                           int64_t chunk_rows = 16384);
 
-/// @brief A FAISS `IndexFlatIP` over L2-normalised vectors, i.e. exact cosine search, with
-/// FAISS's SIMD kernels and its own file format (faiss::write_index). Available only in builds
+/// @brief The kind of a FaissIndex and its parameters. Every kind compares L2-normalised
+/// vectors by inner product (cosine similarity).
+///
+/// | kind     | FAISS factory     | memory per vector          | search |
+/// |----------|-------------------|----------------------------|--------|
+/// | kFlat    | `Flat`            | 4 D bytes                  | exact |
+/// | kIVFFlat | `IVF<nlist>,Flat` | 4 D + 8 bytes              | visits `nprobe` of `nlist`
+/// clusters | | kIVFPQ   | `IVF<nlist>,PQ<m>`| m + 8 bytes                | the same, on m-byte
+/// product-quantised codes | | kHNSW    | `HNSW<M>,Flat`    | 4 D + about 8 M + 16 bytes | graph
+/// walk with `ef_search` candidates |
+struct IndexSpec {
+  /// @brief The index structure.
+  enum class Kind { kFlat, kIVFFlat, kIVFPQ, kHNSW };
+  Kind kind = Kind::kFlat;
+  int64_t nlist = 0;      ///< IVF clusters (kIVFFlat, kIVFPQ)
+  int64_t pq_m = 0;       ///< PQ bytes per vector (kIVFPQ, 8-bit codes); must divide the width
+  int64_t hnsw_m = 32;    ///< HNSW links per node (kHNSW)
+  int64_t nprobe = 0;     ///< IVF clusters visited per query; 0 picks default_nprobe()
+  int64_t ef_search = 0;  ///< HNSW candidates kept per query; 0 picks 128
+
+  /// @brief The FAISS index_factory string, e.g. "IVF2048,PQ48".
+  std::string factory() const;
+  /// @brief factory() with the search parameters, e.g. "IVF2048,PQ48 nprobe=16".
+  std::string to_string() const;
+  /// @brief The kind's name as the tool spells it: flat, ivf-flat, ivf-pq, hnsw.
+  std::string kind_name() const;
+  /// @brief Estimated memory of the index holding `n` vectors of width `dim`, in bytes.
+  int64_t memory_bytes(int64_t n, int64_t dim) const;
+  /// @brief Vectors to train on (0 for kinds that need no training): 40 per IVF cluster, at
+  /// least 10,000 for PQ codebooks.
+  int64_t training_rows() const;
+  /// @brief nprobe when unset: nlist / 64, at least 8 (at most nlist).
+  int64_t default_nprobe() const;
+
+  /// @brief nlist for `n` vectors when unset: the power of two nearest 2 sqrt(n), from 16 to
+  /// 65536, and at most n / 40 (so that each cluster trains on 40 vectors).
+  static int64_t nlist_for(int64_t n);
+  /// @brief The kind for `n` vectors of width `dim` within `budget_bytes`: exact search (kFlat)
+  /// up to 20,000 vectors; then kIVFFlat; then kIVFPQ with the most bytes per vector that fit
+  /// (64, 48, 32, 24, 16, 12, 8, 4; those dividing `dim`). kHNSW is never chosen: measured over
+  /// 1 million vectors (docs/SCALE.md) it took 26 times IVF-Flat's build time for lower recall.
+  /// Throws InputError (kInvalidArgument) naming the smallest budget that would do when nothing
+  /// fits.
+  static IndexSpec for_budget(int64_t n, int64_t dim, int64_t budget_bytes);
+  /// @brief Parses a kind name (flat, ivf-flat, ivf-pq, hnsw) into a spec with defaults for `n`
+  /// vectors of width `dim` (nlist_for(n), pq_m the largest of 64, 48, ... dividing `dim`).
+  static IndexSpec of_kind(const std::string& kind, int64_t n, int64_t dim);
+};
+
+/// @brief A FAISS index over L2-normalised vectors, searched by inner product (cosine
+/// similarity): exact (`IndexFlatIP`), or approximate (IVF-Flat, IVF-PQ, HNSW; IndexSpec), with
+/// FAISS's kernels and its own file format (faiss::write_index). Available only in builds
 /// configured with DINOV2_WITH_FAISS=ON (Debian: libfaiss-dev); elsewhere every function but
 /// available() throws InputError(kInvalidArgument) saying so.
 ///
-/// Movable and copyable (copies share the index); search() may be called concurrently, add()
-/// must not race with anything.
+/// Movable and copyable (copies share the index); search() may be called concurrently, add(),
+/// train() and set_search() must not race with anything.
 class FaissIndex {
  public:
   /// @brief Whether this build of the library has FAISS.
   static bool available();
-  /// @brief An empty index of width `dim`.
+  /// @brief An empty exact (flat) index of width `dim`.
   explicit FaissIndex(int64_t dim);
-  /// @brief Reads an index written by save(); throws InputError when the file is missing or not
-  /// a FAISS flat inner-product index.
+  /// @brief An empty index of the kind `spec` and width `dim`. IVF kinds must be trained before
+  /// vectors are added. Throws InputError (kInvalidArgument) for parameters FAISS cannot take
+  /// (a pq_m that does not divide `dim`, nlist < 1, ...).
+  FaissIndex(const IndexSpec& spec, int64_t dim);
+  /// @brief Reads an index written by save(); throws InputError when the file is missing, not
+  /// a FAISS index, or of a kind or metric other than those above.
   static FaissIndex load(const std::string& path);
+
+  /// @brief The kind and parameters, read from the index itself.
+  IndexSpec spec() const;
+  /// @brief Whether vectors may be added (flat and HNSW indexes always; IVF after train()).
+  bool trained() const;
+  /// @brief Trains the clustering and codebooks on a sample (normalised here).
+  /// @param sample [N, D] floating, N >= IndexSpec::training_rows() recommended.
+  void train(const at::Tensor& sample);
+  /// @brief Sets the search breadth from `spec`: nprobe (IVF) or ef_search (HNSW), defaults
+  /// when 0. Other fields are ignored.
+  void set_search(const IndexSpec& spec);
+  /// @brief The bytes save() would write (the index's own size).
+  int64_t serialized_bytes() const;
 
   /// @brief Appends vectors (normalised here); their rows continue the numbering.
   /// @param vectors [N, D] floating, any device.

@@ -125,3 +125,96 @@ TEST_CASE("FaissIndex says how to enable FAISS in a build without it", "[retriev
   if (dinov2::FaissIndex::available()) DINOV2_SKIP("this build has FAISS");
   CHECK_THROWS_WITH(dinov2::FaissIndex(32), dinov2::test::ContainsSubstring("DINOV2_WITH_FAISS"));
 }
+
+TEST_CASE("IndexSpec names FAISS factories and picks a kind from a memory budget",
+          "[retrieval][faiss]") {
+  using dinov2::IndexSpec;
+  using Kind = IndexSpec::Kind;
+  CHECK(IndexSpec::nlist_for(1000000) == 2048);  // 2 sqrt(n) = 2000 -> 2048
+  CHECK(IndexSpec::nlist_for(1000) == 16);       // 64, halved until 40 vectors train each
+  CHECK(IndexSpec::nlist_for(100) == 2);
+  const IndexSpec pq = IndexSpec::of_kind("ivf-pq", 1000000, 384);
+  CHECK(pq.factory() == "IVF2048,PQ64");
+  CHECK(pq.to_string() == "IVF2048,PQ64 nprobe=32");
+  CHECK(pq.training_rows() == 81920);
+  CHECK(IndexSpec::of_kind("hnsw", 10, 384).to_string() == "HNSW32,Flat efSearch=128");
+  CHECK(IndexSpec::of_kind("ivf-pq", 1000000, 1536).pq_m == 64);
+  CHECK(IndexSpec::of_kind("ivf-pq", 1000000, 1000).pq_m == 8);
+  CHECK_THROWS_AS(IndexSpec::of_kind("lsh", 10, 384), dinov2::InputError);
+
+  const int64_t n = 1000000, d = 384, mb = 1 << 20;
+  CHECK(IndexSpec::for_budget(10000, d, 64 * mb).kind == Kind::kFlat);
+  CHECK(IndexSpec::for_budget(n, d, 2048 * mb).kind == Kind::kIVFFlat);  // never HNSW
+  CHECK(IndexSpec::for_budget(n, d, 1600 * mb).kind == Kind::kIVFFlat);
+  CHECK(IndexSpec::for_budget(n, d, 1400 * mb).kind == Kind::kIVFPQ);
+  CHECK(IndexSpec::of_kind("hnsw", n, d).memory_bytes(n, d) == 1816000000);
+  const IndexSpec small = IndexSpec::for_budget(n, d, 100 * mb);
+  CHECK(small.kind == Kind::kIVFPQ);
+  CHECK(small.pq_m == 64);
+  CHECK(small.memory_bytes(n, d) <= 100 * mb);
+  CHECK(IndexSpec::for_budget(n, d, 20 * mb).pq_m == 8);
+  CHECK_THROWS_WITH(IndexSpec::for_budget(n, d, 5 * mb),
+                    dinov2::test::ContainsSubstring("the smallest, IVF2048,PQ4"));
+}
+
+TEST_CASE("FaissIndex kinds: IVF-Flat, IVF-PQ and HNSW train, search, save and load",
+          "[retrieval][faiss][parity]") {
+  if (!dinov2::FaissIndex::available()) {
+    DINOV2_SKIP("this build has no FAISS (configure with -DDINOV2_WITH_FAISS=ON)");
+  }
+  using dinov2::IndexSpec;
+  const at::Tensor gallery = reference("retrieval/gallery");  // 1000 x 32
+  const at::Tensor queries = reference("retrieval/queries");
+  const std::string path = data_path("analysis_kinds.faiss");
+
+  // IVF-Flat visiting every list is exact.
+  IndexSpec ivf = IndexSpec::of_kind("ivf-flat", 1000, 32);
+  REQUIRE(ivf.nlist == 16);
+  ivf.nprobe = 16;
+  dinov2::FaissIndex index(ivf, 32);
+  CHECK_FALSE(index.trained());
+  CHECK_THROWS_WITH(index.add(gallery), dinov2::test::ContainsSubstring("must be trained"));
+  CHECK_THROWS_WITH(index.train(gallery.slice(0, 0, 8)),
+                    dinov2::test::ContainsSubstring("at least 16 training vectors"));
+  index.train(gallery);
+  index.add(gallery);
+  check_against_reference(index.search(queries, 10), 10);
+  index.save(path);
+  const auto loaded = dinov2::FaissIndex::load(path);
+  CHECK(loaded.spec().to_string() == "IVF16,Flat nprobe=16");
+  check_against_reference(loaded.search(queries, 10), 10);
+
+  // HNSW with a wide search finds the exact neighbours of this small gallery.
+  IndexSpec hnsw = IndexSpec::of_kind("hnsw", 1000, 32);
+  hnsw.ef_search = 512;
+  dinov2::FaissIndex graph(hnsw, 32);
+  CHECK(graph.trained());
+  graph.add(gallery);
+  check_against_reference(graph.search(queries, 4), 4);
+  graph.save(path);
+  CHECK(dinov2::FaissIndex::load(path).spec().to_string() == "HNSW32,Flat efSearch=512");
+
+  // IVF-PQ: 8 one-byte codes of 4 dimensions each; approximate, so only the nearest neighbour
+  // is asked to be among its first 10.
+  IndexSpec pq = IndexSpec::of_kind("ivf-pq", 1000, 32);
+  CHECK(pq.pq_m == 32);  // the largest code size dividing the width
+  pq.pq_m = 8;
+  pq.nprobe = 16;
+  dinov2::FaissIndex coded(pq, 32);
+  CHECK_THROWS_WITH(coded.train(gallery.slice(0, 0, 100)),
+                    dinov2::test::ContainsSubstring("at least 256 training vectors"));
+  coded.train(gallery);
+  coded.add(gallery);
+  const auto r = coded.search(queries, 10);
+  const at::Tensor truth = reference("retrieval/indices");
+  int64_t found = 0;
+  for (int64_t q = 0; q < queries.size(0); ++q) {
+    found += r.indices[q].eq(truth[q][0]).any().item<bool>() ? 1 : 0;
+  }
+  INFO(found << " of " << queries.size(0));
+  CHECK(found >= queries.size(0) * 8 / 10);
+  CHECK(coded.serialized_bytes() < index.serialized_bytes() / 2);
+  coded.save(path);
+  CHECK(dinov2::FaissIndex::load(path).spec().factory() == "IVF16,PQ8");
+  std::filesystem::remove(path);
+}
