@@ -34,6 +34,10 @@ Command register_extract(CLI::App& app);
 Command register_merge(CLI::App& app);
 /// @brief `dinov2 verify`: extract outputs checked against their inputs (cmd_verify.cpp).
 Command register_verify(CLI::App& app);
+/// @brief `dinov2 index build`: FAISS indexes over extract outputs (cmd_index.cpp).
+Command register_index(CLI::App& app);
+/// @brief `dinov2 dedup`: near-duplicate groups by cosine threshold (cmd_index.cpp).
+Command register_dedup(CLI::App& app);
 /// @brief `dinov2 convert`: weights to a TorchScript backbone file (cmd_convert.cpp).
 Command register_convert(CLI::App& app);
 /// @brief `dinov2 pca`: PCA pictures of the patch features (cmd_pca.cpp).

@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
   const std::vector<Command> commands = {
       register_extract(app),  register_pca(app),    register_search(app),  register_probe(app),
       register_classify(app), register_depth(app),  register_segment(app), register_convert(app),
-      register_merge(app),    register_verify(app),
+      register_merge(app),    register_verify(app), register_index(app),   register_dedup(app),
   };
 
   // CLI11 would report a mistyped subcommand as a missing one; name it instead.
