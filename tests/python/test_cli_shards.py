@@ -99,6 +99,15 @@ def assert_same_output(a: Path, b: Path) -> None:
     assert fa == fb
 
 
+def extract_each(model: Path, shards: list[Path], out: Path, *options: str) -> Path:
+    """One `dinov2 extract` per shard into OUT/<shard stem>.safetensors; returns OUT."""
+    out.mkdir()
+    for shard in shards:
+        r = run("extract", "-m", model, "-o", out / f"{shard.stem}.safetensors", *options, shard)
+        assert r.returncode in (0, 3), r.stderr
+    return out
+
+
 @pytest.fixture(scope="module")
 def model(s2_model: Path) -> Path:
     """conftest's 2-block ViT-S/14 export."""
@@ -180,20 +189,7 @@ def test_merged_shard_outputs_equal_one_run_over_every_shard(tmp_path, model, sh
     single = tmp_path / "single.safetensors"
     r = run("extract", "-m", model, "-o", single, "--recipe", recipe, *shards)
     assert r.returncode == 3, r.stderr
-    out = tmp_path / "out"
-    out.mkdir()
-    for shard in shards:
-        r = run(
-            "extract",
-            "-m",
-            model,
-            "-o",
-            out / f"{shard.stem}.safetensors",
-            "--recipe",
-            recipe,
-            shard,
-        )
-        assert r.returncode in (0, 3), r.stderr
+    out = extract_each(model, shards, tmp_path / "out", "--recipe", recipe)
     merged = tmp_path / "merged.safetensors"
     r = run("merge", "-o", merged, out)
     assert r.returncode == 0, r.stderr
@@ -261,21 +257,7 @@ def test_merge_refuses_duplicates_other_models_and_npy_and_writes_an_index(tmp_p
 
 
 def test_verify_finds_missing_duplicated_and_failed_inputs(tmp_path, model, shards):
-    out = tmp_path / "out"
-    out.mkdir()
-    for shard in shards:
-        r = run(
-            "extract",
-            "-m",
-            model,
-            "-o",
-            out / f"{shard.stem}.safetensors",
-            "--recipe",
-            "eval224",
-            "--no-patches",
-            shard,
-        )
-        assert r.returncode in (0, 3), r.stderr
+    out = extract_each(model, shards, tmp_path / "out", "--recipe", "eval224", "--no-patches")
     report = tmp_path / "report.json"
     r = run("verify", "--features", out, "--report", report, *shards)
     assert r.returncode == 3, r.stderr  # complete, with failed inputs
