@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-TARGETS=(image model head safetensors npy text weights)
+TARGETS=(image model head safetensors npy text weights tar)
 usage() { echo "usage: scripts/fuzz.sh TARGET|all SECONDS | TARGET|all --runs N" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 target=${1#fuzz_}

@@ -39,7 +39,7 @@ if [ $KIND = address ]; then
   FLAGS=(-DDINOV2_SANITIZE=address,undefined -DDINOV2_BUILD_FUZZERS=ON -DDINOV2_BUILD_TOOLS=ON
     -DDINOV2_WITH_FAISS=OFF)
   TARGETS=(dinov2_tests dinov2_tool fuzz_image fuzz_model fuzz_head fuzz_safetensors fuzz_npy
-    fuzz_text fuzz_weights)
+    fuzz_text fuzz_weights fuzz_tar)
 else
   BUILD=build-tsan
   FLAGS=(-DDINOV2_SANITIZE=thread -DDINOV2_BUILD_FUZZERS=OFF -DDINOV2_BUILD_TOOLS=OFF

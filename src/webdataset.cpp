@@ -62,7 +62,14 @@ std::string archive_message(archive* a) {
 ArchivePtr open_archive(const std::string& path) {
   ArchivePtr a(archive_read_new());
   if (!a) throw InputError(fmt::format("dinov2: {}: libarchive could not start a reader", path));
-  archive_read_support_filter_all(a.get());
+  // The compressions named by is_tar_shard_name, each decoded in-process: not
+  // archive_read_support_filter_all, which may hand hostile data to external programs (lrzip,
+  // lzop, grzip) for formats the library was built without.
+  archive_read_support_filter_none(a.get());
+  archive_read_support_filter_gzip(a.get());
+  archive_read_support_filter_bzip2(a.get());
+  archive_read_support_filter_xz(a.get());
+  archive_read_support_filter_zstd(a.get());
   archive_read_support_format_tar(a.get());
   if (archive_read_open_filename(a.get(), path.c_str(), 64 * 1024) != ARCHIVE_OK) {
     throw InputError(

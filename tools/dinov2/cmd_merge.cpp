@@ -365,14 +365,16 @@ int run_merge(const MergeArgs& args) {
   std::vector<TensorSpec> specs;
   for (const Out& o : outs) specs.push_back({o.name, o.dtype, o.shape});
   SafetensorsWriter writer(args.output, std::move(specs), strings);
-  Progress progress(n, 0, "rows");
-  for (const Out& o : outs) o.write(writer);
+  Progress progress(static_cast<int64_t>(outs.size()), 0, "tensors");
+  for (const Out& o : outs) {
+    o.write(writer);
+    progress.advance(1);
+  }
   writer.commit();
   const std::string timing = progress.finish();
-  std::cerr << fmt::format("dinov2 merge: {} rows and {} failed inputs of {} files{} into {}\n", n,
-                           failed.size(), sources.size(),
-                           interleave ? " (shards of one list, in its order)" : "", args.output);
-  (void)timing;
+  std::cerr << fmt::format(
+      "dinov2 merge: {} rows and {} failed inputs of {} files{} into {}; {}\n", n, failed.size(),
+      sources.size(), interleave ? " (shards of one list, in its order)" : "", args.output, timing);
   return kExitSuccess;
 }
 
