@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <list>
 #include <mutex>
 #include <set>
 #include <utility>
@@ -103,6 +104,46 @@ std::string read_entry(archive* a, int64_t declared, int64_t limit, const std::s
   return data;
 }
 
+/// A shard's forward stream: positioned after entry `entry` (-1: nothing read yet).
+struct Stream {
+  std::mutex mutex;
+  ArchivePtr archive;
+  int64_t entry = -1;
+};
+
+/// The streams opened, oldest first: a run over thousands of shards (`--shard I/N` reads a few
+/// members of every shard) would otherwise keep a file open per shard and run out of
+/// descriptors. Past kMaxOpenStreams the oldest are closed; a closed stream opens again when its
+/// shard is read again.
+constexpr size_t kMaxOpenStreams = 64;
+std::mutex g_streams_mutex;
+std::list<std::weak_ptr<Stream>> g_streams;
+
+/// Records that `mine` (whose mutex the caller holds) was opened, and closes the oldest others
+/// beyond the limit. A stream in use on another thread (its mutex taken) is left open and
+/// forgotten here; it is recorded again when it next opens.
+void opened(const std::shared_ptr<Stream>& mine) {
+  std::vector<std::shared_ptr<Stream>> victims;
+  {
+    std::lock_guard<std::mutex> lock(g_streams_mutex);
+    g_streams.remove_if([&](const std::weak_ptr<Stream>& w) {
+      const auto s = w.lock();
+      return !s || s == mine;
+    });
+    g_streams.push_back(mine);
+    while (g_streams.size() > kMaxOpenStreams) {
+      if (auto s = g_streams.front().lock()) victims.push_back(std::move(s));
+      g_streams.pop_front();
+    }
+  }
+  for (const auto& v : victims) {
+    std::unique_lock<std::mutex> lock(v->mutex, std::try_to_lock);
+    if (!lock.owns_lock()) continue;
+    v->archive.reset();
+    v->entry = -1;
+  }
+}
+
 }  // namespace
 
 struct TarShard::State {
@@ -113,10 +154,7 @@ struct TarShard::State {
   std::vector<ShardProblem> problems;
   std::string damage;
 
-  // The forward stream: positioned after entry `entry` (-1: nothing read yet).
-  std::mutex mutex;
-  ArchivePtr stream;
-  int64_t entry = -1;
+  std::shared_ptr<Stream> stream = std::make_shared<Stream>();
 };
 
 const std::vector<std::string>& TarShard::image_extensions() {
@@ -216,28 +254,30 @@ std::string TarShard::read(std::size_t i) const {
       "(ImageLimits::max_file_bytes, --max-file-size)",
       sample.size, limit);
   const int64_t target = st.entry_of[i];
-  std::lock_guard<std::mutex> lock(st.mutex);
-  if (!st.stream || st.entry >= target) {  // an earlier member: start again
-    st.stream.reset();
-    st.stream = open_archive(st.path);
-    st.entry = -1;
+  Stream& stream = *st.stream;
+  std::lock_guard<std::mutex> lock(stream.mutex);
+  if (!stream.archive || stream.entry >= target) {  // an earlier member: start again
+    stream.archive.reset();
+    stream.archive = open_archive(st.path);
+    stream.entry = -1;
+    opened(st.stream);
   }
-  while (st.entry < target) {
+  while (stream.entry < target) {
     archive_entry* e = nullptr;
-    const int r = archive_read_next_header(st.stream.get(), &e);
+    const int r = archive_read_next_header(stream.archive.get(), &e);
     if (r == ARCHIVE_EOF || r < ARCHIVE_WARN) {
       const std::string why =
-          r == ARCHIVE_EOF ? "end of archive" : archive_message(st.stream.get());
-      st.stream.reset();
+          r == ARCHIVE_EOF ? "end of archive" : archive_message(stream.archive.get());
+      stream.archive.reset();
       throw InputError(
           fmt::format("dinov2: the member can no longer be reached in {} ({})", st.path, why));
     }
-    ++st.entry;
+    ++stream.entry;
   }
   try {
-    return read_entry(st.stream.get(), sample.size, limit, too_long);
+    return read_entry(stream.archive.get(), sample.size, limit, too_long);
   } catch (...) {
-    st.stream.reset();  // the stream's position is unknown now
+    stream.archive.reset();  // the stream's position is unknown now
     throw;
   }
 }

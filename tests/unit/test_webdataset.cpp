@@ -195,3 +195,27 @@ TEST_CASE("a Pipeline over a tar shard gives the features of the same images as 
   }
   CHECK_THAT(from_tar[3].error, ContainsSubstring("not an image"));
 }
+
+TEST_CASE("reading a few members of many shards keeps a bounded number of files open",
+          "[webdataset]") {
+  const auto open_files = [] {
+    return std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
+                         std::filesystem::directory_iterator());
+  };
+  const TempDir dir;
+  const std::vector<std::pair<std::string, std::string>> members = {
+      {"a.png", sample("camera.png")}, {"b.png", sample("chelsea.png")}};
+  std::vector<TarShard> shards;
+  for (int s = 0; s < 200; ++s) {
+    const std::string path = dir.file("s" + std::to_string(s) + ".tar");
+    write_tar(path, members);
+    shards.push_back(TarShard::open(path));
+  }
+  const auto before = open_files();
+  for (const TarShard& shard : shards) CHECK(shard.read(0) == sample("camera.png"));
+  // Without the cap each shard would keep its stream: 200 more descriptors.
+  CHECK(open_files() - before <= 64);
+  // A shard whose stream was closed opens it again.
+  CHECK(shards.front().read(1) == sample("chelsea.png"));
+  CHECK(shards.front().read(0) == sample("camera.png"));
+}
