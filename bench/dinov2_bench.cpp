@@ -4,6 +4,7 @@
 //
 //   dinov2_bench model      --model F --size S --batch B [--iters N] [--warmup W] [--threads T]
 //                           [--dtype D] [--device cpu|cuda] [--input cpu|pinned|pageable|cuda]
+//                           [--fused 0|1] [--kernels auto|onednn|fused-gelu|exported]
 //   dinov2_bench preprocess --images DIR [--size S] [--iters N] [--threads T]
 //   dinov2_bench e2e        --model F --images DIR [--size S] [--batch B] [--threads T]
 //                           [--workers K] [--device cpu|cuda]
@@ -137,6 +138,12 @@ dinov2::Options options_from(const Args& args) {
                                 .with_profiled_runs(args.integer("profiled-runs", 0)));
   dinov2::Options options;
   options.with_fused_kernels(args.integer("fused", 1) != 0);
+  const std::string kernels = args.get("kernels", "auto");
+  if (kernels == "onednn") options.with_kernels(dinov2::Kernels::kOneDNN);
+  if (kernels == "fused-gelu") options.with_kernels(dinov2::Kernels::kFusedGelu);
+  if (kernels == "exported") options.with_kernels(dinov2::Kernels::kExported);
+  if (kernels != "auto" && kernels != "onednn" && kernels != "fused-gelu" && kernels != "exported")
+    throw std::invalid_argument("--kernels must be auto, onednn, fused-gelu or exported");
   const std::string dtype = args.get("dtype", "float32");
   if (dtype == "bfloat16") options.with_dtype(dinov2::DType::kBFloat16);
   if (dtype == "float16") options.with_dtype(dinov2::DType::kFloat16);
@@ -226,9 +233,10 @@ int run_model(const Args& args) {
             << ", \"torch\": " << json_string(kTorchVersion)
             << ", \"cpu\": " << json_string(dinov2::to_string(dinov2::cpu_info()))
             << ", \"compute_dtype\": " << json_string(dinov2::to_string(model.dtype()))
-            << ", \"fused_layers\": " << model.fused_layers() << ", \"min_cls_cosine\": " << cosine
-            << ", \"load_s\": " << load_s << ", \"median_s\": " << median(times)
-            << ", \"times\": " << json_list(times)
+            << ", \"fused_layers\": " << model.fused_layers()
+            << ", \"fusion\": " << json_string(model.fusion_reason())
+            << ", \"min_cls_cosine\": " << cosine << ", \"load_s\": " << load_s
+            << ", \"median_s\": " << median(times) << ", \"times\": " << json_list(times)
             << ", \"images_per_s\": " << batch / median(times)
             << ", \"peak_rss_mb\": " << peak_rss_mb() << ", \"peak_gpu_mb\": "
             << (peak_gpu_mb < 0 ? std::string("null") : std::to_string(peak_gpu_mb))
@@ -325,7 +333,7 @@ int run_e2e(const Args& args) {
 // the peak (which includes the one-patch forward pass Model::load runs).
 int run_load(const Args& args) {
   dinov2::configure_runtime(dinov2::RuntimeSettings{}.with_threads(args.integer("threads", 0)));
-  dinov2::Options options;
+  dinov2::Options options = options_from(args);
   options.architecture_file = args.get("architecture", "");
   const double before = status_mb("VmRSS");
   const auto t0 = Clock::now();
@@ -334,7 +342,8 @@ int run_load(const Args& args) {
   std::cout << "{\"mode\": \"load\", \"model\": " << json_string(args.get("model"))
             << ", \"variant\": " << json_string(model.info().variant) << ", \"load_s\": " << load_s
             << ", \"rss_before_mb\": " << before << ", \"rss_after_mb\": " << status_mb("VmRSS")
-            << ", \"peak_rss_mb\": " << peak_rss_mb() << "}\n";
+            << ", \"peak_rss_mb\": " << peak_rss_mb()
+            << ", \"fusion\": " << json_string(model.fusion_reason()) << "}\n";
   return 0;
 }
 

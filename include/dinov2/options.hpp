@@ -27,6 +27,25 @@ enum class DType {
   kAuto,
 };
 
+/// @brief Which kernels run the linear layers of a TorchScript model on the CPU (float32 and
+/// bfloat16). The plans differ in rounding only; docs/BENCHMARKS.md has what each measured on
+/// which CPU.
+enum class Kernels {
+  /// The plan measured fastest for this CPU: kOneDNN where oneDNN may use AVX2 or AVX-512
+  /// (measured 1.05x-1.15x kFusedGelu under both), kFusedGelu on older CPUs (unmeasured there).
+  /// Model::fusion_reason() says which was taken.
+  kAuto,
+  /// Every linear layer as a oneDNN call with its weight prepacked at load in oneDNN's blocked
+  /// layout (replacing the plain copy: no extra memory), each MLP's first with its GELU as a
+  /// post-op.
+  kOneDNN,
+  /// Only each MLP's first linear layer and its GELU as one oneDNN call; the other linear
+  /// layers as exported (the default of earlier versions).
+  kFusedGelu,
+  /// The file's graph as exported: bit-identical to PyTorch under the same kernels.
+  kExported,
+};
+
 /// @brief How Model::load places and runs the model. A plain struct: set fields directly or
 /// chain the `with_*` setters, e.g.
 /// `Options{}.with_device(Device::kCUDA).with_dtype(DType::kBFloat16)`.
@@ -48,16 +67,22 @@ struct Options {
   /// with ErrorCode::kTooManyTokens before any memory is allocated. Attention memory grows with
   /// the square of this number. Default 16384 (e.g. 1792x1792 pixels).
   int64_t max_tokens = 16384;
-  /// @brief On the CPU in float32 or bfloat16, run each MLP's first linear layer and its GELU as
-  /// one oneDNN call (no separate bias copy and GELU pass; docs/BENCHMARKS.md has the gain).
-  /// Outputs then differ from the exported graph by rounding only, as oneDNN's kernel for the CPU
-  /// rounds: bit-identical on the AVX-512 Xeon where it was first measured, within 1.1e-6 on an
-  /// AVX2 EPYC and 4.3e-6 on an AVX-512 (Zen 4) EPYC. false runs the file's graph
+  /// @brief On the CPU in float32 or bfloat16, run linear layers as oneDNN calls where that is
+  /// faster (`kernels` says which; docs/BENCHMARKS.md has the gains): each MLP's first linear
+  /// layer with its GELU as one call (no separate bias copy and GELU pass), and under
+  /// Kernels::kOneDNN the other linear layers too. Outputs then differ from the exported graph by
+  /// rounding only, as oneDNN's kernel for the CPU rounds (float32 parity tests hold them to
+  /// 1e-5 of PyTorch; the fused GELU alone measured bit-identical on an AVX-512 Xeon, within
+  /// 1.1e-6 on an AVX2 EPYC and 4.3e-6 on an AVX-512 Zen 4 EPYC). false runs the file's graph
   /// exactly as exported. Ignored on CUDA, in float16, and when LibTorch has no oneDNN; where
-  /// oneDNN cannot build the fused call for this CPU and dtype (bfloat16 without AVX-512, or
-  /// under ONEDNN_MAX_CPU_ISA), the model runs unfused and Model::fusion_reason() says why.
-  /// Default true.
+  /// oneDNN cannot build its call for this CPU and dtype (bfloat16 without AVX-512, or under
+  /// ONEDNN_MAX_CPU_ISA), the model runs as exported and Model::fusion_reason() says why.
+  /// Default true; false is the same as `kernels = Kernels::kExported`.
   bool fused_kernels = true;
+  /// @brief Which kernels run the linear layers on the CPU (see Kernels); ignored when
+  /// fused_kernels is false, on CUDA, in float16 and for AOTInductor packages. Default
+  /// Kernels::kAuto, the plan measured fastest for this CPU.
+  Kernels kernels = Kernels::kAuto;
   /// @brief Deprecated: a process-wide setting; use configure_runtime() and
   /// RuntimeSettings::profiled_runs (dinov2/runtime.hpp), whose default (0: no profiling run)
   /// the first Model::load applies. When >= 0, Model::load still sets it for the whole process.
@@ -92,6 +117,11 @@ struct Options {
     fused_kernels = on;
     return *this;
   }
+  /// @brief Sets kernels.
+  Options& with_kernels(Kernels k) {
+    kernels = k;
+    return *this;
+  }
   /// @brief Sets profiled_runs (deprecated, process-wide; see the field).
   Options& with_profiled_runs(int n) {
     profiled_runs = n;
@@ -106,6 +136,20 @@ struct Options {
 
 /// @brief "cpu" or "cuda".
 inline const char* to_string(Device d) { return d == Device::kCUDA ? "cuda" : "cpu"; }
+/// @brief "auto", "onednn", "fused-gelu" or "exported".
+inline const char* to_string(Kernels k) {
+  switch (k) {
+    case Kernels::kOneDNN:
+      return "onednn";
+    case Kernels::kFusedGelu:
+      return "fused-gelu";
+    case Kernels::kExported:
+      return "exported";
+    default:
+      return "auto";
+  }
+}
+
 /// @brief "float32", "bfloat16", "float16" (the names used in the file metadata) or "auto".
 inline const char* to_string(DType d) {
   switch (d) {

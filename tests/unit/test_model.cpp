@@ -673,6 +673,54 @@ TEST_CASE("fused kernels apply to float32 and bfloat16 on the CPU, not to float1
   CHECK(at::cosine_similarity(a.cls, r.at("cls_126x350_b4"), 1).min().item<double>() >= 0.99);
 }
 
+TEST_CASE("every kernel plan gives the references' features and says what it ran",
+          "[model][parity]") {
+  if (!at::hasMKLDNN()) DINOV2_SKIP("this LibTorch has no oneDNN, so every plan is the export");
+  using dinov2::Kernels;
+  const auto& r = refs("model_s4reg");
+  const auto& x = r.at("x_126x350_b4");
+  const Kernels plan =
+      GENERATE(Kernels::kAuto, Kernels::kOneDNN, Kernels::kFusedGelu, Kernels::kExported);
+  INFO("Kernels " << dinov2::to_string(plan));
+  const auto m =
+      dinov2::Model::load(data_path("model_s4reg.pt"), dinov2::Options{}.with_kernels(plan));
+  const std::string isa = dinov2::cpu_info().onednn_isa;
+  const bool avx2_or_better = isa.rfind("AVX512", 0) == 0 || isa.rfind("AVX2", 0) == 0;
+  const Kernels taken = plan != Kernels::kAuto ? plan
+                        : avx2_or_better       ? Kernels::kOneDNN
+                                               : Kernels::kFusedGelu;
+  // 4 blocks in each of the three methods; 4 linear layers a block, one weight each.
+  if (taken == Kernels::kExported) {
+    CHECK(m.fused_layers() == 0);
+    CHECK_THAT(m.fusion_reason(), ContainsSubstring("Kernels::kExported"));
+  } else {
+    CHECK(m.fused_layers() == 3 * 4);
+    if (taken == Kernels::kOneDNN) {
+      CHECK_THAT(m.fusion_reason(), ContainsSubstring("other linear layers on oneDNN"));
+      CHECK_THAT(m.fusion_reason(), ContainsSubstring("16 weights prepacked"));
+    } else {
+      CHECK_THAT(m.fusion_reason(), !ContainsSubstring("other linear layers"));
+    }
+    if (plan == Kernels::kAuto) CHECK_THAT(m.fusion_reason(), ContainsSubstring("Kernels::kAuto"));
+  }
+  const double tol = tolerance(taken != Kernels::kExported);
+  const auto f = m.extract_features(x, /*with_prenorm=*/true);
+  const double e_cls = max_abs_diff(f.cls, r.at("cls_126x350_b4"));
+  const double e_patch = max_abs_diff(f.patches, on_grid(r.at("patches_126x350_b4"), f.patches));
+  report(std::string("max abs error kernels ") + dinov2::to_string(plan) + " cls", e_cls);
+  report(std::string("max abs error kernels ") + dinov2::to_string(plan) + " patches", e_patch);
+  CHECK(e_cls <= tol);
+  CHECK(e_patch <= tol);
+  CHECK(max_abs_diff(f.registers, r.at("registers_126x350_b4")) <= tol);
+  // The other methods read the same (possibly prepacked) weights.
+  const auto layers = m.intermediate_layers(x, {-1});
+  REQUIRE(layers.size() == 1);
+  CHECK(max_abs_diff(layers.cls[0], r.at("cls_126x350_b4")) <= tol);
+  const auto exported = dinov2::Model::load(data_path("model_s4reg.pt"),
+                                            dinov2::Options{}.with_kernels(Kernels::kExported));
+  CHECK(max_abs_diff(m.cls_attention(x), exported.cls_attention(x)) <= kTol);
+}
+
 // Run alone, in a process of its own, by the next case: its first Model::load.
 TEST_CASE("runtime defaults at the first load (child process)", "[.runtime_first_load]") {
   auto& runs = torch::jit::getNumProfiledRuns();
