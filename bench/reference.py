@@ -19,6 +19,8 @@ torch.cuda.synchronize(). The JSON then also holds the GPU's name and the peak G
                             [--device cpu|cuda] [--input cpu|pinned|cuda]
     reference.py preprocess --images DIR [--size S] [--iters N]
     reference.py e2e        --model F --images DIR [--size S] [--batch B] [--threads T] [--workers K]
+                            [--hf-folder DIR] [--save F.safetensors]
+    reference.py hf-folder  --model F --hf-folder DIR
 """
 
 from __future__ import annotations
@@ -213,18 +215,42 @@ class Files(torch.utils.data.Dataset):
             return eval_crop(im.convert("RGB"), self.size)
 
 
+def write_hf_folder(path: str, folder: str) -> None:
+    """The exported file's weights as a Hugging Face model folder (config.json +
+    model.safetensors), what a Python user loads with from_pretrained."""
+    hf_model_from_export(path, torch.float32).save_pretrained(folder)
+
+
+def run_hf_folder(a) -> dict:
+    write_hf_folder(a.model, a.hf_folder)
+    return {"mode": "hf-folder", "folder": a.hf_folder}
+
+
 def run_e2e(a) -> dict:
     torch.set_num_threads(a.threads)
-    model = hf_model_from_export(a.model, torch.float32)
+    if a.hf_folder:
+        # What a user's script does: load the model folder, then the DataLoader loop.
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(a.hf_folder, attn_implementation="sdpa").eval()
+    else:
+        model = hf_model_from_export(a.model, torch.float32)
     files = list_images(a.images)
     loader = torch.utils.data.DataLoader(
         Files(files, a.size), batch_size=a.batch, num_workers=a.workers
     )
     t0 = time.perf_counter()
     checksum = 0.0
+    outputs = []
     with torch.inference_mode():
         for x in loader:
-            checksum += float(model(pixel_values=x).pooler_output.sum())
+            cls = model(pixel_values=x).pooler_output
+            checksum += float(cls.sum())
+            outputs.append(cls)
+    if a.save:
+        from safetensors.torch import save_file
+
+        save_file({"cls": torch.cat(outputs)}, a.save, metadata={"paths": json.dumps(files)})
     total = time.perf_counter() - t0
     return {
         "mode": "e2e",
@@ -239,7 +265,9 @@ def run_e2e(a) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["model", "preprocess", "e2e"])
+    p.add_argument("mode", choices=["model", "preprocess", "e2e", "hf-folder"])
+    p.add_argument("--hf-folder", help="e2e: load this model folder; hf-folder: write it")
+    p.add_argument("--save", help="e2e: write the CLS features to this safetensors file")
     p.add_argument("--model")
     p.add_argument("--images")
     p.add_argument("--size", type=int, default=224)
@@ -257,7 +285,8 @@ def main() -> None:
         help="--device cuda: where the batch is (cpu: pageable memory, copied in each call)",
     )
     a = p.parse_args()
-    result = {"model": run_model, "preprocess": run_preprocess, "e2e": run_e2e}[a.mode](a)
+    modes = {"model": run_model, "preprocess": run_preprocess, "e2e": run_e2e}
+    result = {**modes, "hf-folder": run_hf_folder}[a.mode](a)
     print(json.dumps(result))
 
 

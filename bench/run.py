@@ -29,6 +29,16 @@ PEER_RUNTIMES = {
     "openvino": "OpenVINO",
 }
 
+# The AVX2-limited run: ATen's kernels, oneDNN (in the library, PyTorch and OpenVINO, which
+# honours the same variable) and MKL limited to AVX2. ONNX Runtime's own kernels (MLAS) have no
+# such switch, so it is left out of that run.
+AVX2_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+}
+AVX2_PEERS = {"openvino": "OpenVINO"}
+
 # Multiply-accumulates per image, from the architecture (D width, N tokens, L blocks):
 # per block 12*N*D^2 (qkv, proj, 4x MLP) + 2*N^2*D (scores and weighted sum), plus the patch
 # embedding h*w*D*3*14*14. At 518 this gives S 47 G, B 152 G: the published figures.
@@ -161,6 +171,54 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, torch {torch.__version__}"
 
 
+def avx2_rows(bench_bin, work, variants, sizes, batches, t, quick, log) -> list[dict]:
+    """The float32 model rows under AVX2_ENV: Python eager, the library with its defaults and
+    with every linear layer on oneDNN (the AVX-512 default), and OpenVINO (its CLS checked
+    against PyTorch as in the native run)."""
+    rows = []
+    for variant in variants:
+        model = export(variant, work)
+        for size in sizes:
+            for batch in batches:
+                iters = (
+                    2 if quick else {(224, 1): 20, (224, 8): 8, (518, 1): 8}.get((size, batch), 3)
+                )
+                common = ["--model", str(model), "--size", str(size), "--batch", str(batch)]
+                common += ["--iters", str(iters), "--warmup", "2", "--threads", t]
+                log(f"AVX2-limited model-only {variant} {size} batch {batch} ...")
+                py = run_json([PY, str(REFERENCE), "model", *common], AVX2_ENV)
+                cc = run_json([str(bench_bin), "model", *common], AVX2_ENV)
+                dnn = run_json([str(bench_bin), "model", *common, "--kernels", "onednn"], AVX2_ENV)
+                shape = ["--model", str(model), "--size", str(size), "--batch", str(batch)]
+                shape += ["--work", str(work), "--threads", t]
+                run_json([PY, str(PEERS), "prepare", *shape])
+                timing = ["--iters", str(iters), "--warmup", "2"]
+                peers = {
+                    r: run_json([PY, str(PEERS), "run", "--runtime", r, *shape, *timing], AVX2_ENV)
+                    for r in AVX2_PEERS
+                }
+                rows.append(
+                    {
+                        "kind": "model_avx2",
+                        "what": f"{variant} {size}px batch {batch}",
+                        "python": py["images_per_s"],
+                        "cpp": cc["images_per_s"],
+                        "onednn": dnn["images_per_s"],
+                        "fusion": cc.get("fusion", ""),
+                        "rss_cpp": cc["peak_rss_mb"],
+                        "peers": peers,
+                    }
+                )
+                log(
+                    f"  python {py['images_per_s']:.2f}, library {cc['images_per_s']:.2f}, all "
+                    f"linears on oneDNN {dnn['images_per_s']:.2f}, "
+                    + ", ".join(
+                        f"{AVX2_PEERS[r]} {v['images_per_s']:.2f}" for r, v in peers.items()
+                    )
+                )
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--build", type=Path, default=ROOT / "build")
@@ -169,6 +227,12 @@ def main() -> int:
     p.add_argument("--no-record", action="store_true", help="do not append to docs/BENCHMARKS.md")
     p.add_argument(
         "--no-peers", action="store_true", help="leave out the ONNX Runtime and OpenVINO rows"
+    )
+    p.add_argument(
+        "--isa",
+        choices=["both", "native"],
+        default="both",
+        help="both (default): the float32 model rows again under an AVX2 limit (AVX2_ENV)",
     )
     a = p.parse_args()
 
@@ -219,6 +283,7 @@ def main() -> int:
                 # The levers, each against the same Python run: the file's graph as exported
                 # (no fused kernels), and the AOTInductor package of the same weights.
                 plain = run_json([str(bench_bin), "model", *common, "--fused", "0"])
+                gelu = run_json([str(bench_bin), "model", *common, "--kernels", "fused-gelu"])
                 aot_common = list(common)
                 aot_common[1] = str(export_aot(variant, work, size))
                 aot = run_json([str(bench_bin), "model", *aot_common])
@@ -232,6 +297,8 @@ def main() -> int:
                         "unit": "img/s",
                         "ratio": cc["images_per_s"] / py["images_per_s"],
                         "ratio_plain": plain["images_per_s"] / py["images_per_s"],
+                        "ratio_gelu": gelu["images_per_s"] / py["images_per_s"],
+                        "fusion": cc.get("fusion", ""),
                         "ratio_aot": aot["images_per_s"] / py["images_per_s"],
                         "rss_aot": aot["peak_rss_mb"],
                         "mfu_cpp": flops * cc["images_per_s"] / (peak * 1e9),
@@ -251,13 +318,14 @@ def main() -> int:
                         and all(
                             abs(o["checksum"] - cc["checksum"])
                             <= 1e-3 * max(1.0, abs(cc["checksum"]))
-                            for o in (plain, aot)
+                            for o in (plain, gelu, aot)
                         ),
                     }
                 )
                 log(
                     f"  python {py['images_per_s']:.2f} img/s, C++ {cc['images_per_s']:.2f}, "
-                    f"unfused {plain['images_per_s']:.2f}, AOTInductor {aot['images_per_s']:.2f}"
+                    f"unfused {plain['images_per_s']:.2f}, fused GELU only "
+                    f"{gelu['images_per_s']:.2f}, AOTInductor {aot['images_per_s']:.2f}"
                 )
                 if not a.no_peers:
                     # The same weights, input and threads through ONNX Runtime and OpenVINO.
@@ -279,6 +347,9 @@ def main() -> int:
                             for r, v in peers.items()
                         )
                     )
+
+    if a.isa == "both":
+        rows += avx2_rows(bench_bin, work, variants, sizes, batches, t, a.quick, log)
 
     # Reduced precision in the library: bfloat16 against float32, same input.
     variant = variants[-1]
@@ -416,6 +487,43 @@ def main() -> int:
                     "rss_cpp": None,
                 }
             )
+        # Both sides from process start to features on disk: `dinov2 extract` against a Python
+        # script that imports torch and transformers, loads the model folder with
+        # from_pretrained, runs the DataLoader loop and saves the CLS features. Alternated,
+        # three of each; medians.
+        hf = work / "hf_dinov2_vits14"
+        if not (hf / "config.json").exists():
+            run_json(
+                [PY, str(REFERENCE), "hf-folder", "--model", str(model), "--hf-folder", str(hf)]
+            )
+        py_cmd = [PY, str(REFERENCE), "e2e", *common, "--workers", "2", "--hf-folder", str(hf)]
+        py_cmd += ["--save", str(work / "python_e2e.safetensors")]
+        walls: dict[str, list[float]] = {"python": [], "cpp": []}
+        for _ in range(1 if a.quick else 3):
+            for side, argv in (("python", py_cmd), ("cpp", cmd)):
+                subprocess.run(["rm", "-rf", str(out), str(out) + ".parts"], check=True)
+                t0 = time.perf_counter()
+                subprocess.run(argv, check=True, capture_output=True, text=True)
+                walls[side].append(time.perf_counter() - t0)
+        import statistics
+
+        py_wall = statistics.median(walls["python"])
+        cc_wall = statistics.median(walls["cpp"])
+        rows.append(
+            {
+                "kind": "e2e",
+                "what": (
+                    f"end to end wall clock, both from process start to features on disk "
+                    f"(Python {py_wall:.2f} s, `dinov2 extract` {cc_wall:.2f} s)"
+                ),
+                "python": n / py_wall,
+                "cpp": n / cc_wall,
+                "unit": "img/s",
+                "ratio": py_wall / cc_wall,
+                "rss_py": None,
+                "rss_cpp": None,
+            }
+        )
         rows.append(
             {
                 "kind": "e2e",
@@ -431,8 +539,11 @@ def main() -> int:
 
     log("dtype by ISA ...")
     table = render(rows, peak, a.threads)
-    if any("peers" in r for r in rows):
-        table += "\n\n" + render_peers(rows)
+    if any("peers" in r for r in rows if r["kind"] == "model"):
+        native = next(r for r in rows if r["kind"] == "model")
+        table += "\n\n" + render_peers(rows) + f"\n\nLibrary plan in this run: {native['fusion']}"
+    if any(r["kind"] == "model_avx2" for r in rows):
+        table += "\n\n" + render_avx2(rows)
     table += "\n\nCompute dtype by ISA (C++ library, `--dtype`):\n\n"
     table += dtype_table(bench_bin, cli_bin, work, t, a.quick)
     print(table)
@@ -449,10 +560,12 @@ def render(rows: list[dict], peak: float, threads: int) -> str:
     lines = [
         f"float32 matmul rate (2048^3, {threads} threads): {peak:.1f} GFLOP/s",
         "",
-        "| measurement | Python | C++ | C++/Python | unfused/Python | AOTInductor/Python | C++ FLOP util. | Python FLOP util. | peak RSS Python / C++ / AOTI (MB) | load s Python / C++ |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| measurement | Python | C++ | C++/Python | unfused/Python | fused GELU only/Python | AOTInductor/Python | C++ FLOP util. | Python FLOP util. | peak RSS Python / C++ / AOTI (MB) | load s Python / C++ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if r["kind"] == "model_avx2":
+            continue
         mfu_c = fmt(100 * r["mfu_cpp"], ".0f") + " %" if "mfu_cpp" in r else "-"
         mfu_p = fmt(100 * r["mfu_py"], ".0f") + " %" if "mfu_py" in r else "-"
         load = f"{fmt(r.get('load_py'))} / {fmt(r.get('load_cpp'))}" if "load_py" in r else "-"
@@ -461,12 +574,13 @@ def render(rows: list[dict], peak: float, threads: int) -> str:
             what += f", min CLS cosine {fmt(r.get('cosine'), '.5f')}"
         plain = fmt(r.get("ratio_plain")) + "x" if "ratio_plain" in r else "-"
         aot = fmt(r.get("ratio_aot")) + "x" if "ratio_aot" in r else "-"
+        gelu = fmt(r.get("ratio_gelu")) + "x" if "ratio_gelu" in r else "-"
         rss = f"{fmt(r['rss_py'], '.0f')} / {fmt(r['rss_cpp'], '.0f')}"
         if "rss_aot" in r:
             rss += f" / {fmt(r['rss_aot'], '.0f')}"
         lines.append(
             f"| {what} | {fmt(r['python'])} {r['unit']} | {fmt(r['cpp'])} {r['unit']} | {r['ratio']:.2f}x "
-            f"| {plain} | {aot} | {mfu_c} | {mfu_p} | {rss} | {load} |"
+            f"| {plain} | {gelu} | {aot} | {mfu_c} | {mfu_p} | {rss} | {load} |"
         )
     return "\n".join(lines)
 
@@ -474,7 +588,7 @@ def render(rows: list[dict], peak: float, threads: int) -> str:
 def render_peers(rows: list[dict]) -> str:
     """The float32 model rows against every runtime: img/s, the library's ratio to the fastest
     other, and each peer's CLS against PyTorch on the same input."""
-    peer_rows = [r for r in rows if "peers" in r]
+    peer_rows = [r for r in rows if "peers" in r and r["kind"] == "model"]
     versions = sorted({v["runtime"].split("-")[0] for r in peer_rows for v in r["peers"].values()})
     names = list(PEER_RUNTIMES.values())
     header = ["model, size, batch", "Python eager", "library", *names]
@@ -502,6 +616,37 @@ def render_peers(rows: list[dict]) -> str:
             + " / ".join(fmt(v["peak_rss_mb"], ".0f") for v in peers)
             + f" | {fused} |"
         )
+    return "\n".join(lines)
+
+
+def render_avx2(rows: list[dict]) -> str:
+    """The AVX2-limited float32 rows: Python eager, the library, and the peers that honour the
+    limit."""
+    avx2 = [r for r in rows if r["kind"] == "model_avx2"]
+    names = list(AVX2_PEERS.values())
+    header = ["model, size, batch", "Python eager", "library", "library, every linear on oneDNN"]
+    header += [*names, "library / fastest other", "CLS max abs (peers)", "CLS min cosine"]
+    lines = [
+        (
+            "AVX2-limited, float32, images/s (median), same machine and run, under "
+            + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items())
+            + ". ONNX Runtime is left out: its kernels have no ISA limit."
+        ),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for r in avx2:
+        peers = r["peers"].values()
+        fastest = max([r["python"], *(v["images_per_s"] for v in peers)])
+        lines.append(
+            f"| {r['what']} | {fmt(r['python'])} | {fmt(r['cpp'])} | {fmt(r['onednn'])} | "
+            + " | ".join(fmt(v["images_per_s"]) for v in peers)
+            + f" | {r['cpp'] / fastest:.2f}x | {max(v['cls_max_abs'] for v in peers):.1e} | "
+            f"{min(v['cls_min_cosine'] for v in peers):.7f} |"
+        )
+    if avx2:
+        lines += ["", f"Library plan in this run: {avx2[0]['fusion']}"]
     return "\n".join(lines)
 
 
@@ -539,6 +684,7 @@ def chart(rows: list[dict], path: Path) -> None:
     plt = pyplot()
     if plt is None:
         return
+    rows = [r for r in rows if "ratio" in r]
     labels = [r["what"].split(" (")[0] for r in rows]
     ratios = [r["ratio"] for r in rows]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.2))
@@ -558,7 +704,7 @@ def chart_peers(rows: list[dict], path: Path) -> None:
     plt = pyplot()
     if plt is None:
         return
-    peer_rows = [r for r in rows if "peers" in r]
+    peer_rows = [r for r in rows if "peers" in r and r["kind"] == "model"]
     series = {"Python eager": [r["python"] for r in peer_rows]}
     series["library"] = [r["cpp"] for r in peer_rows]
     for key, name in PEER_RUNTIMES.items():
