@@ -276,6 +276,14 @@ Model Model::load_checked(const std::string& path, Options options) {
                     "or a positive count",
                     options.profiled_runs));
   }
+  const auto kernels = static_cast<int>(options.kernels);
+  if (kernels < static_cast<int>(Kernels::kAuto) ||
+      kernels > static_cast<int>(Kernels::kExported)) {
+    throw InputError::invalid_argument(fmt::format(
+        "dinov2: Options::kernels is {}, not a dinov2::Kernels value (kAuto, kOneDNN, kFusedGelu "
+        "or kExported)",
+        kernels));
+  }
   const detail::ModelSource source = detail::model_source(path);
   switch (source) {
     case detail::ModelSource::kExport:

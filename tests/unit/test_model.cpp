@@ -440,6 +440,11 @@ TEST_CASE("bad Options are refused at load", "[model][errors]") {
   CHECK_THAT(message_of<dinov2::Error>(
                  [&] { dinov2::Model::load(path, dinov2::Options{}.with_profiled_runs(-2)); }),
              ContainsSubstring("profiled_runs is -2"));
+  CHECK_THAT(message_of<dinov2::Error>([&] {
+               dinov2::Model::load(path,
+                                   dinov2::Options{}.with_kernels(static_cast<dinov2::Kernels>(7)));
+             }),
+             ContainsSubstring("Options::kernels is 7"));
 }
 
 TEST_CASE("CUDA on a machine without it is a DeviceError", "[model][errors][device]") {

@@ -406,15 +406,23 @@ void merge_parts(const ExtractArgs& args, const std::string& parts_dir, int64_t 
 
 json run_fingerprint(const ExtractArgs& args, const ModelInfo& info, const Recipe& recipe,
                      int64_t chunk_size, const std::vector<Item>& items) {
-  return {
-      {"tool", "dinov2 extract"},        {"dinov2_version", kVersion},
-      {"model_file", args.model.path},   {"model_variant", info.variant},
-      {"model_depth", info.depth},       {"model_weights_sha256", info.weights_sha256},
-      {"recipe", recipe.to_string()},    {"batch", args.batch},
-      {"chunk_size", chunk_size},        {"device", args.model.device},
-      {"dtype", args.model.dtype},       {"patches", !args.no_patches},
-      {"patch_dtype", args.patch_dtype}, {"shard", args.shard.empty() ? "0/1" : args.shard},
-      {"inputs", items.size()},          {"inputs_digest", fmt::format("{:016x}", fnv1a(items))}};
+  return {{"tool", "dinov2 extract"},
+          {"dinov2_version", kVersion},
+          {"model_file", args.model.path},
+          {"model_variant", info.variant},
+          {"model_depth", info.depth},
+          {"model_weights_sha256", info.weights_sha256},
+          {"recipe", recipe.to_string()},
+          {"batch", args.batch},
+          {"chunk_size", chunk_size},
+          {"device", args.model.device},
+          {"dtype", args.model.dtype},
+          {"kernels", args.model.kernels},
+          {"patches", !args.no_patches},
+          {"patch_dtype", args.patch_dtype},
+          {"shard", args.shard.empty() ? "0/1" : args.shard},
+          {"inputs", items.size()},
+          {"inputs_digest", fmt::format("{:016x}", fnv1a(items))}};
 }
 
 /// The metadata of a features output written by this tool, or nullopt when `path` is not one

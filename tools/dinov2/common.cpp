@@ -44,12 +44,20 @@ void ModelArgs::add_to(CLI::App* app) {
   app->add_option("--device", device, "Where the model runs")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
-  app->add_option("--dtype", dtype,
-                  "Compute dtype (outputs are float32 whatever this is). float32 is exact; auto "
-                  "is the throughput choice: bfloat16 where the hardware computes it (AVX512-BF16, "
-                  "AMX, CUDA 8.0+), else float32. bfloat16 is the safe reduced precision (slower "
-                  "than float32 on CPUs without bfloat16 hardware), float16 may overflow")
+  app->add_option(
+         "--dtype", dtype,
+         "Compute dtype (outputs are float32 whatever this is). float32 is the reference; auto "
+         "is the throughput choice: bfloat16 where the hardware computes it (AVX512-BF16, "
+         "AMX, CUDA 8.0+), else float32. bfloat16 is the safe reduced precision (slower "
+         "than float32 on CPUs without bfloat16 hardware), float16 may overflow")
       ->check(CLI::IsMember({"float32", "bfloat16", "float16", "auto"}))
+      ->capture_default_str();
+  app->add_option("--kernels", kernels,
+                  "Kernels of the linear layers on the CPU (dinov2::Kernels): auto is the plan "
+                  "measured fastest for this CPU; exported runs the file's graph as exported, "
+                  "bit-identical to PyTorch; onednn and fused-gelu force a plan "
+                  "(docs/BENCHMARKS.md)")
+      ->check(CLI::IsMember({"auto", "onednn", "fused-gelu", "exported"}))
       ->capture_default_str();
   app->add_option("--threads", threads,
                   fmt::format("CPU threads for LibTorch (0: LibTorch's default, one per core; at "
@@ -85,6 +93,10 @@ Options ModelArgs::options() const {
             : dtype == "float16" ? DType::kFloat16
             : dtype == "auto"    ? DType::kAuto
                                  : DType::kFloat32;
+  o.kernels = kernels == "onednn"       ? Kernels::kOneDNN
+              : kernels == "fused-gelu" ? Kernels::kFusedGelu
+              : kernels == "exported"   ? Kernels::kExported
+                                        : Kernels::kAuto;
   return o;
 }
 

@@ -33,13 +33,14 @@ ImageLimits& input_limits();
 int max_threads();
 
 /// @brief The options that choose and place a model: --model (and --architecture for weights of
-/// a reduced depth), --device, --dtype, --threads, and
+/// a reduced depth), --device, --dtype, --kernels, --threads, and
 /// the input limits --max-pixels and --max-file-size.
 struct ModelArgs {
   std::string path;
   std::string architecture;
   std::string device = "cpu";
   std::string dtype = "float32";
+  std::string kernels = "auto";
   int threads = 0;
   int64_t max_pixels = ImageLimits{}.max_pixels;
   int64_t max_file_mib = ImageLimits{}.max_file_bytes >> 20;
