@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # One command for the benchmark table: set up and build, then bench/run.py (options pass through,
-# e.g. --quick, --no-peers). Run it on an otherwise idle machine; it takes about 30 minutes on 2
-# cores with the ONNX Runtime and OpenVINO rows.
+# e.g. --quick, --no-peers, --isa native). Run it on an otherwise idle machine; it takes about 50
+# minutes on 2 cores with the ONNX Runtime and OpenVINO rows and the AVX2-limited run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
