@@ -585,6 +585,11 @@ def render(rows: list[dict], peak: float, threads: int) -> str:
     return "\n".join(lines)
 
 
+def table_head(title: str, header: list[str]) -> list[str]:
+    """A title line, then the header of a Markdown table."""
+    return [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+
 def render_peers(rows: list[dict]) -> str:
     """The float32 model rows against every runtime: img/s, the library's ratio to the fastest
     other, and each peer's CLS against PyTorch on the same input."""
@@ -594,16 +599,12 @@ def render_peers(rows: list[dict]) -> str:
     header = ["model, size, batch", "Python eager", "library", *names]
     header += ["library / fastest other", "CLS max abs (worst peer)", "CLS min cosine"]
     header += [f"peak RSS library / {' / '.join(names)} (MB)", "fused by ORT's optimizer"]
-    lines = [
-        (
-            f"Peers, float32, images/s (median); {', '.join(versions)}. CLS check: largest "
-            "absolute difference and smallest cosine of each peer's CLS against PyTorch on the "
-            "same input."
-        ),
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
+    lines = table_head(
+        f"Peers, float32, images/s (median); {', '.join(versions)}. CLS check: largest "
+        "absolute difference and smallest cosine of each peer's CLS against PyTorch on the "
+        "same input.",
+        header,
+    )
     for r in peer_rows:
         peers = r["peers"].values()
         fastest = max([r["python"], *(v["images_per_s"] for v in peers)])
@@ -626,16 +627,12 @@ def render_avx2(rows: list[dict]) -> str:
     names = list(AVX2_PEERS.values())
     header = ["model, size, batch", "Python eager", "library", "library, every linear on oneDNN"]
     header += [*names, "library / fastest other", "CLS max abs (peers)", "CLS min cosine"]
-    lines = [
-        (
-            "AVX2-limited, float32, images/s (median), same machine and run, under "
-            + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items())
-            + ". ONNX Runtime is left out: its kernels have no ISA limit."
-        ),
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
+    lines = table_head(
+        "AVX2-limited, float32, images/s (median), same machine and run, under "
+        + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items())
+        + ". ONNX Runtime is left out: its kernels have no ISA limit.",
+        header,
+    )
     for r in avx2:
         peers = r["peers"].values()
         fastest = max([r["python"], *(v["images_per_s"] for v in peers)])
