@@ -22,6 +22,8 @@ import statistics
 import subprocess
 from pathlib import Path
 
+from run import export_random  # bench/ is on sys.path: this script's folder
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "build" / "bench" / "dinov2_bench"
 
@@ -41,33 +43,10 @@ ROWS = [
 ]
 
 
-def export(variant: str, work: Path) -> Path:
-    path = work / f"{variant}.pt"
-    if not path.exists():
-        cmd = [str(ROOT / ".venv/bin/dinov2-export"), "--model", variant, "--weights", "random"]
-        subprocess.run(
-            [*cmd, "--seed", "0", "--output", str(path)], check=True, capture_output=True
-        )
-    return path
-
-
 def bench_cmd(model: Path, size: int, batch: int, iters: int, threads: int) -> list[str]:
-    return [
-        str(BENCH),
-        "model",
-        "--model",
-        str(model),
-        "--size",
-        str(size),
-        "--batch",
-        str(batch),
-        "--iters",
-        str(iters),
-        "--warmup",
-        "2",
-        "--threads",
-        str(threads),
-    ]
+    options = {"--model": model, "--size": size, "--batch": batch, "--iters": iters}
+    options |= {"--warmup": 2, "--threads": threads}
+    return [str(BENCH), "model", *(str(x) for pair in options.items() for x in pair)]
 
 
 def images_per_s(stdout: str, batch: int) -> float:
@@ -108,7 +87,7 @@ def main() -> int:
         print(*key, f"rep {rep}", f"{value:.3f} img/s", flush=True)
 
     for variant, size, batch, iters in ROWS:
-        model = export(variant, a.work)
+        model = export_random(variant, a.work / f"{variant}.pt")
         for rep in range(a.reps):
             for name, env in SETTINGS.items():
                 note(
