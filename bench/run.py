@@ -85,6 +85,11 @@ def export_aot(variant: str, folder: Path, size: int, max_batch: int = 8) -> Pat
     return export_random(variant, path, "--aot", str(size), "--max-batch", str(max_batch))
 
 
+def export_onnx(variant: str, folder: Path) -> Path:
+    """The ONNX graph of the same random weights, for the library's OpenVINO backend."""
+    return export_random(variant, folder / f"{variant}_float32.onnx")
+
+
 def make_images(folder: Path, count: int) -> Path:
     """`count` JPEG photographs of 1024x768 made from the bundled samples (crops and flips)."""
     from PIL import Image, ImageOps
@@ -189,6 +194,9 @@ def avx2_rows(bench_bin, work, variants, sizes, batches, t, quick, log) -> list[
                 py = run_json([PY, str(REFERENCE), "model", *common], AVX2_ENV)
                 cc = run_json([str(bench_bin), "model", *common], AVX2_ENV)
                 dnn = run_json([str(bench_bin), "model", *common, "--kernels", "onednn"], AVX2_ENV)
+                ov_common = list(common)
+                ov_common[1] = str(export_onnx(variant, work))
+                ov = run_json([str(bench_bin), "model", *ov_common], AVX2_ENV)
                 shape = ["--model", str(model), "--size", str(size), "--batch", str(batch)]
                 shape += ["--work", str(work), "--threads", t]
                 run_json([PY, str(PEERS), "prepare", *shape])
@@ -204,6 +212,7 @@ def avx2_rows(bench_bin, work, variants, sizes, batches, t, quick, log) -> list[
                         "python": py["images_per_s"],
                         "cpp": cc["images_per_s"],
                         "onednn": dnn["images_per_s"],
+                        "cpp_ov": ov["images_per_s"],
                         "fusion": cc.get("fusion", ""),
                         "rss_cpp": cc["peak_rss_mb"],
                         "peers": peers,
@@ -211,7 +220,8 @@ def avx2_rows(bench_bin, work, variants, sizes, batches, t, quick, log) -> list[
                 )
                 log(
                     f"  python {py['images_per_s']:.2f}, library {cc['images_per_s']:.2f}, all "
-                    f"linears on oneDNN {dnn['images_per_s']:.2f}, "
+                    f"linears on oneDNN {dnn['images_per_s']:.2f}, OpenVINO backend "
+                    f"{ov['images_per_s']:.2f}, "
                     + ", ".join(
                         f"{AVX2_PEERS[r]} {v['images_per_s']:.2f}" for r, v in peers.items()
                     )
@@ -287,6 +297,9 @@ def main() -> int:
                 aot_common = list(common)
                 aot_common[1] = str(export_aot(variant, work, size))
                 aot = run_json([str(bench_bin), "model", *aot_common])
+                ov_common = list(common)
+                ov_common[1] = str(export_onnx(variant, work))
+                ov = run_json([str(bench_bin), "model", *ov_common])
                 flops = 2 * macs(variant, size)
                 rows.append(
                     {
@@ -301,6 +314,8 @@ def main() -> int:
                         "fusion": cc.get("fusion", ""),
                         "ratio_aot": aot["images_per_s"] / py["images_per_s"],
                         "rss_aot": aot["peak_rss_mb"],
+                        "cpp_ov": ov["images_per_s"],
+                        "rss_ov": ov["peak_rss_mb"],
                         "mfu_cpp": flops * cc["images_per_s"] / (peak * 1e9),
                         "mfu_py": flops * py["images_per_s"] / (peak * 1e9),
                         "rss_py": py["peak_rss_mb"],
@@ -318,14 +333,15 @@ def main() -> int:
                         and all(
                             abs(o["checksum"] - cc["checksum"])
                             <= 1e-3 * max(1.0, abs(cc["checksum"]))
-                            for o in (plain, gelu, aot)
+                            for o in (plain, gelu, aot, ov)
                         ),
                     }
                 )
                 log(
                     f"  python {py['images_per_s']:.2f} img/s, C++ {cc['images_per_s']:.2f}, "
                     f"unfused {plain['images_per_s']:.2f}, fused GELU only "
-                    f"{gelu['images_per_s']:.2f}, AOTInductor {aot['images_per_s']:.2f}"
+                    f"{gelu['images_per_s']:.2f}, AOTInductor {aot['images_per_s']:.2f}, OpenVINO "
+                    f"backend {ov['images_per_s']:.2f}"
                 )
                 if not a.no_peers:
                     # The same weights, input and threads through ONNX Runtime and OpenVINO.
@@ -596,9 +612,11 @@ def render_peers(rows: list[dict]) -> str:
     peer_rows = [r for r in rows if "peers" in r and r["kind"] == "model"]
     versions = sorted({v["runtime"].split("-")[0] for r in peer_rows for v in r["peers"].values()})
     names = list(PEER_RUNTIMES.values())
-    header = ["model, size, batch", "Python eager", "library", *names]
-    header += ["library / fastest other", "CLS max abs (worst peer)", "CLS min cosine"]
-    header += [f"peak RSS library / {' / '.join(names)} (MB)", "fused by ORT's optimizer"]
+    header = ["model, size, batch", "Python eager", "library", "library, OpenVINO backend", *names]
+    header += ["library / fastest other", "OpenVINO backend / fastest other"]
+    header += ["CLS max abs (worst peer)", "CLS min cosine"]
+    header += [f"peak RSS library / its OpenVINO backend / {' / '.join(names)} (MB)"]
+    header += ["fused by ORT's optimizer"]
     lines = table_head(
         f"Peers, float32, images/s (median); {', '.join(versions)}. CLS check: largest "
         "absolute difference and smallest cosine of each peer's CLS against PyTorch on the "
@@ -610,10 +628,12 @@ def render_peers(rows: list[dict]) -> str:
         fastest = max([r["python"], *(v["images_per_s"] for v in peers)])
         fused = ", ".join(f"{k} {v}" for k, v in sorted(r["fused_by_ort"].items())) or "-"
         lines.append(
-            f"| {r['what']} | {fmt(r['python'])} | {fmt(r['cpp'])} | "
+            f"| {r['what']} | {fmt(r['python'])} | {fmt(r['cpp'])} | {fmt(r['cpp_ov'])} | "
             + " | ".join(fmt(v["images_per_s"]) for v in peers)
-            + f" | {r['cpp'] / fastest:.2f}x | {max(v['cls_max_abs'] for v in peers):.1e} | "
+            + f" | {r['cpp'] / fastest:.2f}x | {r['cpp_ov'] / fastest:.2f}x | "
+            f"{max(v['cls_max_abs'] for v in peers):.1e} | "
             f"{min(v['cls_min_cosine'] for v in peers):.7f} | {fmt(r['rss_cpp'], '.0f')} / "
+            f"{fmt(r['rss_ov'], '.0f')} / "
             + " / ".join(fmt(v["peak_rss_mb"], ".0f") for v in peers)
             + f" | {fused} |"
         )
@@ -626,7 +646,8 @@ def render_avx2(rows: list[dict]) -> str:
     avx2 = [r for r in rows if r["kind"] == "model_avx2"]
     names = list(AVX2_PEERS.values())
     header = ["model, size, batch", "Python eager", "library", "library, every linear on oneDNN"]
-    header += [*names, "library / fastest other", "CLS max abs (peers)", "CLS min cosine"]
+    header += ["library, OpenVINO backend", *names, "library / fastest other"]
+    header += ["OpenVINO backend / fastest other", "CLS max abs (peers)", "CLS min cosine"]
     lines = table_head(
         "AVX2-limited, float32, images/s (median), same machine and run, under "
         + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items())
@@ -638,8 +659,10 @@ def render_avx2(rows: list[dict]) -> str:
         fastest = max([r["python"], *(v["images_per_s"] for v in peers)])
         lines.append(
             f"| {r['what']} | {fmt(r['python'])} | {fmt(r['cpp'])} | {fmt(r['onednn'])} | "
+            f"{fmt(r['cpp_ov'])} | "
             + " | ".join(fmt(v["images_per_s"]) for v in peers)
-            + f" | {r['cpp'] / fastest:.2f}x | {max(v['cls_max_abs'] for v in peers):.1e} | "
+            + f" | {r['cpp'] / fastest:.2f}x | {r['cpp_ov'] / fastest:.2f}x | "
+            f"{max(v['cls_max_abs'] for v in peers):.1e} | "
             f"{min(v['cls_min_cosine'] for v in peers):.7f} |"
         )
     if avx2:
@@ -704,6 +727,7 @@ def chart_peers(rows: list[dict], path: Path) -> None:
     peer_rows = [r for r in rows if "peers" in r and r["kind"] == "model"]
     series = {"Python eager": [r["python"] for r in peer_rows]}
     series["library"] = [r["cpp"] for r in peer_rows]
+    series["library, OpenVINO backend"] = [r["cpp_ov"] for r in peer_rows]
     for key, name in PEER_RUNTIMES.items():
         series[name] = [r["peers"][key]["images_per_s"] for r in peer_rows]
     fig, ax = plt.subplots(figsize=(9, 0.9 * len(peer_rows) + 1.5))

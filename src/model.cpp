@@ -299,6 +299,9 @@ Model Model::load_checked(const std::string& path, Options options) {
     case detail::ModelSource::kPackage:
       impl->backend = detail::load_aoti_package(path, options);
       break;
+    case detail::ModelSource::kOnnx:
+      impl->backend = detail::load_openvino(path, options);
+      break;
     case detail::ModelSource::kExport:
       impl->backend = detail::load_torchscript(path, options);
       break;
@@ -307,6 +310,10 @@ Model Model::load_checked(const std::string& path, Options options) {
   }
   impl->options = std::move(options);
   return Model(std::move(impl));
+}
+
+bool backend_available(Backend b) noexcept {
+  return b != Backend::kOpenVINO || DINOV2_WITH_OPENVINO;
 }
 
 const ModelInfo& Model::info() const { return impl_->info(); }

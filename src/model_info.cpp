@@ -97,10 +97,16 @@ ModelInfo parse_metadata(const std::string& text, const std::string& path) {
   if (j.contains("backend") && j["backend"].is_object()) {
     const json& b = j["backend"];
     const auto kind = required<std::string>(b, "kind", path);
-    if (kind != "torchscript" && kind != "aotinductor") {
-      bad_metadata(path, "backend.kind '" + kind + "' is neither 'torchscript' nor 'aotinductor'");
+    if (kind != "torchscript" && kind != "aotinductor" && kind != "openvino") {
+      bad_metadata(path,
+                   "backend.kind '" + kind + "' is not 'torchscript', 'aotinductor' or 'openvino'");
     }
-    info.backend = kind == "aotinductor" ? Backend::kAOTInductor : Backend::kTorchScript;
+    info.backend = kind == "aotinductor" ? Backend::kAOTInductor
+                   : kind == "openvino"  ? Backend::kOpenVINO
+                                         : Backend::kTorchScript;
+  }
+  if (info.backend == Backend::kAOTInductor) {
+    const json& b = j["backend"];
     const auto size = required<std::vector<int64_t>>(b, "resolution", path);
     if (size.size() != 2 || size[0] <= 0 || size[1] <= 0) {
       bad_metadata(path, "backend.resolution must hold two positive numbers");

@@ -244,8 +244,11 @@ Pipeline::Pipeline(const Model& model, Recipe recipe, PipelineOptions options)
   }
   if (options_.layers && !model.info().all_methods()) {
     // Refused here rather than as a failure of every image.
-    bad("layers is set, but the model is an AOTInductor package, which holds the forward pass "
-        "only; load the TorchScript (.pt) export of the model for intermediate layers");
+    bad(
+        fmt::format("layers is set, but the model is {}, which holds the forward pass only; "
+                    "load the TorchScript (.pt) export of the model for intermediate layers",
+                    model.info().backend == Backend::kOpenVINO ? "an ONNX export (OpenVINO)"
+                                                               : "an AOTInductor package"));
   }
   if (options_.window == 0) {
     options_.window = recipe.kind() == Recipe::Kind::kPatchAligned

@@ -344,6 +344,11 @@ TorchScriptBackend::TorchScriptBackend(const std::string& path,
     return std::move(loaded.module);
   };
   module_ = read_module();
+  if (s.info.backend != Backend::kTorchScript) {
+    bad_metadata(path, fmt::format("a TorchScript file must describe a 'torchscript' backend, not "
+                                   "'{}'",
+                                   to_string(s.info.backend)));
+  }
   for (const char* method : kMethods) {
     if (!module_.find_method(method)) {
       throw ModelFileError(fmt::format(

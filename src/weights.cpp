@@ -667,6 +667,7 @@ ModelSource model_source(const std::string& path) {
   if (path.empty() || !fs::exists(path, ec)) return ModelSource::kExport;
   if (fs::is_directory(path, ec)) return ModelSource::kHuggingFaceFolder;
   if (fs::path(path).extension() == ".pt2") return ModelSource::kPackage;
+  if (fs::path(path).extension() == ".onnx") return ModelSource::kOnnx;
   if (fs::path(path).extension() == ".safetensors") return ModelSource::kSafetensors;
   std::ifstream in(path, std::ios::binary);
   unsigned char head[9] = {};

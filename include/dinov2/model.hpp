@@ -25,12 +25,25 @@ enum class Backend {
   kTorchScript,  ///< a .pt file: any resolution and batch, every method
   kAOTInductor,  ///< a .pt2 package compiled by dinov2-export --aot for one input size:
                  ///< extract_features only
+  kOpenVINO,     ///< an .onnx graph written by dinov2-export, run by OpenVINO on the CPU in
+                 ///< float32 (builds with DINOV2_WITH_OPENVINO): any size, extract_features only
 };
 
-/// @brief "torchscript" or "aotinductor", as the metadata names them.
+/// @brief "torchscript", "aotinductor" or "openvino", as the metadata names them.
 inline const char* to_string(Backend b) {
-  return b == Backend::kAOTInductor ? "aotinductor" : "torchscript";
+  switch (b) {
+    case Backend::kAOTInductor:
+      return "aotinductor";
+    case Backend::kOpenVINO:
+      return "openvino";
+    default:
+      return "torchscript";
+  }
 }
+
+/// @brief Whether this build of the library runs files of kind `b`: TorchScript and AOTInductor
+/// always, OpenVINO when it was built with DINOV2_WITH_OPENVINO.
+bool backend_available(Backend b) noexcept;
 
 /// @brief What a backbone file says about itself: its embedded metadata (docs/FORMAT.md).
 struct ModelInfo {
@@ -53,8 +66,9 @@ struct ModelInfo {
   std::string weights_sha256;       ///< digest of the source weights
   std::string metadata_json;        ///< the embedded metadata, verbatim
   int format_version = 0;           ///< file format version (<= kFormatVersion)
-  /// How the file runs: Backend::kTorchScript (a .pt file) or Backend::kAOTInductor (a .pt2
-  /// package); any_input_size() and all_methods() say what that allows.
+  /// How the file runs: Backend::kTorchScript (a .pt file), Backend::kAOTInductor (a .pt2
+  /// package) or Backend::kOpenVINO (an .onnx graph); any_input_size() and all_methods() say
+  /// what that allows.
   Backend backend = Backend::kTorchScript;
   /// AOTInductor packages: the {height, width} in pixels they were compiled for; {0, 0} else.
   std::array<int64_t, 2> compiled_size{};
@@ -62,10 +76,10 @@ struct ModelInfo {
   int64_t max_batch = 0;
 
   /// @brief Whether the file takes any batch and any input size that is a multiple of the patch
-  /// size (TorchScript), rather than compiled_size only (AOTInductor).
-  bool any_input_size() const noexcept { return backend == Backend::kTorchScript; }
+  /// size (TorchScript, OpenVINO), rather than compiled_size only (AOTInductor).
+  bool any_input_size() const noexcept { return backend != Backend::kAOTInductor; }
   /// @brief Whether intermediate_layers and cls_attention run on this file (TorchScript), not
-  /// extract_features alone (AOTInductor).
+  /// extract_features alone (AOTInductor, OpenVINO).
   bool all_methods() const noexcept { return backend == Backend::kTorchScript; }
 };
 
@@ -94,8 +108,9 @@ class Model {
   ///   Dinov2WithRegistersModel), or a bare model.safetensors with Hugging Face key names;
   /// - an official checkpoint (.pth, torch.save's zip format), read with LibTorch's restricted
   ///   unpickler: tensors, dicts and plain values only, never code;
-  /// - a TorchScript file (.pt) or an AOTInductor package (.pt2, written with --aot;
-  ///   ModelInfo::backend) written by dinov2-export.
+  /// - a TorchScript file (.pt), an AOTInductor package (.pt2, written with --aot) or an ONNX
+  ///   graph (.onnx, run by OpenVINO in builds with DINOV2_WITH_OPENVINO; ModelInfo::backend)
+  ///   written by dinov2-export.
   /// Weights are filled into the exporter's scripted graph of their variant, built into the
   /// library (docs/ARCHITECTURE.md), so a model loaded from weights computes what the exported
   /// file of the same weights computes, and its ModelInfo is the one that file carries. No

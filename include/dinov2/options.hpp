@@ -57,7 +57,7 @@ struct Options {
   /// @brief Compute dtype. The loaded module is converted to it when the file was exported in
   /// another dtype. Outputs are float32 whatever this is. Default float32, the reference
   /// numerics; DType::kAuto picks bfloat16 where the hardware computes it (the throughput
-  /// choice).
+  /// choice). ONNX exports (the OpenVINO backend) run float32 only.
   DType dtype = DType::kFloat32;
   /// @brief Deprecated: a process-wide setting; use configure_runtime() and
   /// RuntimeSettings::threads (dinov2/runtime.hpp). When positive, Model::load still applies it
@@ -80,7 +80,8 @@ struct Options {
   /// Default true; false is the same as `kernels = Kernels::kExported`.
   bool fused_kernels = true;
   /// @brief Which kernels run the linear layers on the CPU (see Kernels); ignored when
-  /// fused_kernels is false, on CUDA, in float16 and for AOTInductor packages. Default
+  /// fused_kernels is false, on CUDA, in float16, and for AOTInductor packages and ONNX exports
+  /// (OpenVINO compiles those itself). Default
   /// Kernels::kAuto, the plan measured fastest for this CPU.
   Kernels kernels = Kernels::kAuto;
   /// @brief Deprecated: a process-wide setting; use configure_runtime() and

@@ -28,7 +28,10 @@ def parser() -> argparse.ArgumentParser:
         help="official .pth, Hugging Face model.safetensors or model folder, or 'random'",
     )
     p.add_argument(
-        "--output", type=Path, help="the file to write: TorchScript .pt, or .pt2 with --aot"
+        "--output",
+        type=Path,
+        help="the file to write: TorchScript .pt, .pt2 with --aot, or an ONNX graph .onnx for "
+        "the library's OpenVINO backend (float32)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default 0)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -74,6 +77,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if w.source == "random":
             print(f"note: {w.variant.name} with RANDOM weights (seed {args.seed})", file=sys.stderr)
         if args.aot is not None:
+            if args.output.suffix == ".onnx":
+                raise ValueError(f"{args.output}: --aot writes a .pt2 package, not .onnx")
             from .aot import parse_resolution, timed_export_aot
 
             meta, seconds = timed_export_aot(
@@ -84,12 +89,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                 dtype=args.dtype,
                 device=args.device,
             )
+        elif args.output.suffix == ".onnx":
+            from .onnx_export import timed_export_onnx
+
+            if args.dtype != "float32":
+                raise ValueError(
+                    f"{args.output}: ONNX graphs are exported in float32 (the OpenVINO backend "
+                    f"runs float32); drop --dtype {args.dtype}"
+                )
+            meta, seconds = timed_export_onnx(w, args.output)
         else:
             if args.output.suffix == ".pt2":
                 raise ValueError(f"{args.output}: .pt2 is for AOTInductor packages; add --aot RES")
             meta, seconds = timed_export(w, args.output, args.dtype)
         size = args.output.stat().st_size
-        aot = meta.get("backend")
+        aot = meta.get("backend") if meta.get("backend", {}).get("kind") == "aotinductor" else None
         compiled = (
             f", AOTInductor {aot['resolution'][0]}x{aot['resolution'][1]} {aot['device']}, "
             f"batch <= {aot['max_batch']}"

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// Private to src/: the seam between Model and the two ways of running a backbone, a TorchScript
-// file (torchscript_backend.cpp) and an AOTInductor package (aoti_backend.cpp).
+// Private to src/: the seam between Model and the three ways of running a backbone, a TorchScript
+// file (torchscript_backend.cpp), an AOTInductor package (aoti_backend.cpp) and an ONNX graph
+// on OpenVINO (openvino_backend.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -97,6 +98,9 @@ std::unique_ptr<ModelBackend> load_weights(const std::string& path, ModelSource 
                                            const Options& options);
 /// Opens and checks the AOTInductor package (.pt2) `path`, with checked `options`.
 std::unique_ptr<ModelBackend> load_aoti_package(const std::string& path, const Options& options);
+/// Opens, checks and compiles the ONNX export (.onnx) `path` with OpenVINO, with checked
+/// `options`. Builds without DINOV2_WITH_OPENVINO throw ModelFileError saying so.
+std::unique_ptr<ModelBackend> load_openvino(const std::string& path, const Options& options);
 
 /// Runs `f`, turning LibTorch exceptions into dinov2::Error (dinov2 errors pass through).
 template <class F>

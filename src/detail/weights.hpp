@@ -13,6 +13,7 @@ namespace dinov2::detail {
 enum class ModelSource {
   kExport,             ///< a TorchScript file written by dinov2-export
   kPackage,            ///< an AOTInductor package (.pt2)
+  kOnnx,               ///< an ONNX graph (.onnx) for the OpenVINO backend
   kHuggingFaceFolder,  ///< a folder with config.json and model.safetensors (or pytorch_model.bin)
   kSafetensors,        ///< a bare model.safetensors with Hugging Face key names
   kCheckpoint,         ///< a torch.save checkpoint (.pth): official, or a Hugging Face .bin

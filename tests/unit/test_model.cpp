@@ -835,6 +835,115 @@ TEST_CASE("an AOTInductor package refuses what it was not compiled for", "[model
   std::filesystem::remove(fake);
 }
 
+/// The ONNX exports of tests/refgen/onnx_refs.py: skipped in builds without OpenVINO, required
+/// in builds with it.
+bool openvino_ready() {
+  if (dinov2::backend_available(dinov2::Backend::kOpenVINO)) {
+    REQUIRE(std::filesystem::exists(data_path("onnx_s2.onnx")));
+    return true;
+  }
+  return false;
+}
+
+TEST_CASE("an ONNX export on OpenVINO gives the TorchScript file's features",
+          "[model][openvino][parity]") {
+  if (!openvino_ready()) DINOV2_SKIP("this build has no OpenVINO backend (DINOV2_WITH_OPENVINO)");
+  const std::string name = GENERATE(as<std::string>{}, "onnx_s2reg", "onnx_s2", "onnx_s2_external");
+  const std::string ref_name = name == "onnx_s2_external" ? "onnx_s2" : name;
+  const auto& r = refs(ref_name);
+  const auto m = dinov2::Model::load(data_path(name + ".onnx"), dinov2::Options{}.with_threads(2));
+  CHECK(m.info().backend == dinov2::Backend::kOpenVINO);
+  CHECK(m.info().any_input_size());
+  CHECK_FALSE(m.info().all_methods());
+  CHECK(m.info().depth == 2);
+  CHECK(m.info().variant == model(ref_name).info().variant);
+  CHECK(m.dtype() == dinov2::DType::kFloat32);
+  CHECK_THAT(m.fusion_reason(), ContainsSubstring("OpenVINO"));
+  for (const auto& k : input_keys(r)) {
+    INFO(name << " at " << k);
+    const at::Tensor& x = r.at("x_" + k);
+    const auto f = m.extract_features(x, /*with_prenorm=*/true);
+    CHECK(f.patches.sizes() == at::IntArrayRef({x.size(0), x.size(2) / 14, x.size(3) / 14, 384}));
+    const double e_cls = max_abs_diff(f.cls, r.at("cls_" + k));
+    const double e_patch = max_abs_diff(f.patches, on_grid(r.at("patches_" + k), f.patches));
+    const double e_prenorm = max_abs_diff(f.prenorm, r.at("prenorm_" + k));
+    report("max abs error OpenVINO " + name + " " + k + " cls", e_cls);
+    report("max abs error OpenVINO " + name + " " + k + " patches", e_patch);
+    report("max abs error OpenVINO " + name + " " + k + " prenorm", e_prenorm);
+    CHECK(e_cls <= kTol);
+    CHECK(e_patch <= kTol);
+    CHECK(e_prenorm <= kTol);
+    CHECK(f.registers.sizes() == r.at("registers_" + k).sizes());
+    CHECK(max_abs_diff(f.registers, r.at("registers_" + k)) <= kTol);
+    // The TorchScript file through the library: the same features within the same tolerance.
+    CHECK(max_abs_diff(model(ref_name).extract_features(x).cls, f.cls) <= kTol);
+  }
+  // Calls from several threads at once give what one call gives.
+  const at::Tensor& x = r.at("x_126x350_b3");
+  const at::Tensor alone = m.extract_features(x).patches;
+  std::vector<at::Tensor> got(4);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < got.size(); ++i) {
+    threads.emplace_back([&, i] { got[i] = m.extract_features(x).patches; });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& g : got) CHECK(at::equal(g, alone));
+}
+
+TEST_CASE("an ONNX export refuses what OpenVINO does not run", "[model][openvino][errors]") {
+  if (!dinov2::backend_available(dinov2::Backend::kOpenVINO)) {
+    // Without the backend the file is refused, and says how to get it.
+    const auto fake = std::filesystem::temp_directory_path() / "dinov2_test_nobackend.onnx";
+    std::ofstream(fake) << "not a graph";
+    CHECK_THAT(message_of<dinov2::ModelFileError>([&] { dinov2::Model::load(fake.string()); }),
+               ContainsSubstring("-DDINOV2_WITH_OPENVINO=ON"));
+    std::filesystem::remove(fake);
+    DINOV2_SKIP("this build has no OpenVINO backend (DINOV2_WITH_OPENVINO)");
+  }
+  REQUIRE(openvino_ready());
+  const auto path = data_path("onnx_s2reg.onnx");
+  const auto m = dinov2::Model::load(path);
+  CHECK_THAT(message_of<dinov2::InputError>([&] { m.extract_features(zeros(1, 3, 50, 70)); }),
+             ContainsSubstring("not a positive multiple of the patch size"));
+  CHECK_THAT(message_of<dinov2::Error>([&] { m.intermediate_layers(zeros(1, 3, 56, 70), {-1}); }),
+             ContainsSubstring("intermediate_layers is not in ONNX exports"));
+  CHECK_THAT(message_of<dinov2::Error>([&] { m.cls_attention(zeros(1, 3, 56, 70)); }),
+             ContainsSubstring("cls_attention is not in ONNX exports"));
+  CHECK_THAT(message_of<dinov2::InputError>([&] {
+               dinov2::Pipeline(
+                   m, dinov2::Recipe::resize(56, 70),
+                   dinov2::PipelineOptions{}.with_layers(dinov2::LayerRequest{{-1}, true}));
+             }),
+             ContainsSubstring("an ONNX export (OpenVINO)"));
+  CHECK_THAT(message_of<dinov2::DeviceError>([&] {
+               dinov2::Model::load(path, dinov2::Options{}.with_dtype(dinov2::DType::kBFloat16));
+             }),
+             ContainsSubstring("runs in float32; Options::dtype is bfloat16"));
+  // Without a GPU the device check refuses first; with one, the backend does.
+  CHECK_THROWS_AS(dinov2::Model::load(path, dinov2::Options{}.with_device(dinov2::Device::kCUDA)),
+                  dinov2::DeviceError);
+  const auto dir = std::filesystem::temp_directory_path();
+  // Not a graph; a truncated graph; a TorchScript file renamed to .onnx.
+  const auto garbage = dir / "dinov2_test_garbage.onnx";
+  std::ofstream(garbage) << "not a graph";
+  CHECK_THAT(message_of<dinov2::ModelFileError>([&] { dinov2::Model::load(garbage.string()); }),
+             ContainsSubstring("is not a readable ONNX graph"));
+  const auto truncated = dir / "dinov2_test_truncated.onnx";
+  std::filesystem::copy_file(path, truncated, std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::resize_file(truncated, std::filesystem::file_size(truncated) / 2);
+  CHECK_THROWS_AS(dinov2::Model::load(truncated.string()), dinov2::ModelFileError);
+  const auto renamed = dir / "dinov2_test_renamed.onnx";
+  std::filesystem::copy_file(data_path("onnx_s2reg.pt"), renamed,
+                             std::filesystem::copy_options::overwrite_existing);
+  CHECK_THROWS_AS(dinov2::Model::load(renamed.string()), dinov2::ModelFileError);
+  // Weights kept outside the graph must be there.
+  const auto lonely = dir / "dinov2_test_external.onnx";
+  std::filesystem::copy_file(data_path("onnx_s2_external.onnx"), lonely,
+                             std::filesystem::copy_options::overwrite_existing);
+  CHECK_THROWS_AS(dinov2::Model::load(lonely.string()), dinov2::ModelFileError);
+  for (const auto& f : {garbage, truncated, renamed, lonely}) std::filesystem::remove(f);
+}
+
 TEST_CASE("a moved Model keeps working", "[model]") {
   auto a = dinov2::Model::load(data_path("model_s4.pt"));
   dinov2::Model b = std::move(a);
