@@ -51,8 +51,12 @@ struct TempDir {
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
   ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
+    // The throwing overload: the error_code one crashed under a CUDA LibTorch that exports its
+    // own std::filesystem (tools/dinov2/common.hpp, remove_tree).
+    try {
+      std::filesystem::remove_all(path);
+    } catch (...) {
+    }
   }
   /// @brief Writes `bytes` to the file `name` in the folder and returns its path.
   std::string write(const std::string& name, const std::string& bytes) const {

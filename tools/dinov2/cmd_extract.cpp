@@ -209,8 +209,7 @@ class NpySink : public OutputSink {
   explicit NpySink(std::string folder)
       : folder_(std::move(folder)), tmp_(fresh_folder_beside(folder_, "tmp")) {}
   ~NpySink() override {
-    std::error_code ec;
-    if (!committed_) fs::remove_all(tmp_, ec);  // made by this run, in the constructor
+    if (!committed_) remove_tree(tmp_);  // made by this run, in the constructor
   }
   void begin(const std::string& name, at::ScalarType dtype,
              const std::vector<int64_t>& shape) override {
@@ -239,7 +238,7 @@ class NpySink : public OutputSink {
           fmt::format("dinov2: cannot move {} to {} ({})", tmp_, folder_, ec.message()));
     }
     committed_ = true;
-    if (!old.empty()) fs::remove_all(old, ec);
+    if (!old.empty()) remove_tree(old);
   }
 
  private:
@@ -543,7 +542,7 @@ void prepare_parts_dir(const ExtractArgs& args, const std::string& parts_dir,
   if (fs::exists(parts_dir) && !args.resume && finished_run(args.output, run_file)) {
     // Killed after the output was moved into place but before the parts were deleted: the run
     // is complete, and its parts (ours: they hold run.json) are no longer needed.
-    fs::remove_all(parts_dir, ec);
+    remove_tree(parts_dir);
   }
   if (fs::exists(parts_dir)) {
     if (!args.resume) {
@@ -748,8 +747,7 @@ int run_extract(ExtractArgs args) {
   metadata["run"] = fingerprint;  // lets a rerun recognise this output as the finished run
   int64_t rows_written = 0, failed = 0;
   merge_parts(args, parts_dir, chunks, recipe, model, std::move(metadata), rows_written, failed);
-  std::error_code ec;
-  fs::remove_all(parts_dir, ec);
+  remove_tree(parts_dir);
 
   std::cerr << fmt::format("dinov2 extract: {}; wrote {} rows to {}", timing, rows_written,
                            args.output);

@@ -347,6 +347,13 @@ std::string dump_json(const nlohmann::json& value, int indent) {
   return value.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
+void remove_tree(const std::string& path) noexcept {
+  try {
+    std::filesystem::remove_all(path);
+  } catch (...) {  // what cannot be deleted stays; the caller's work is done either way
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Progress
 

@@ -109,6 +109,12 @@ ImageFile read_image(const std::string& path, bool apply_exif_orientation = true
 /// (possible in file names) become U+FFFD instead of failing.
 std::string dump_json(const nlohmann::json& value, int indent = -1);
 
+/// @brief Deletes the folder `path` and everything in it, best effort: never throws. Calls the
+/// throwing std::filesystem::remove_all: a CUDA LibTorch (2.11.0+cu130 on an H200 machine,
+/// 2026-12-04) exports its own std::filesystem symbols, and there the error_code overload jumped
+/// to address 0 while the throwing one worked (docs/BENCHMARKS.md, GPU).
+void remove_tree(const std::string& path) noexcept;
+
 /// @brief Progress of a long run on stderr: a redrawn bar with images/s and ETA when stderr is a
 /// terminal; otherwise nothing until summary().
 class Progress {
