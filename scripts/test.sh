@@ -10,10 +10,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The smoke run of each fuzz target: about 20 s for the model target, under 2 s for the fast ones.
 FUZZ_RUNS=${DINOV2_FUZZ_RUNS:-300}
+# Free disk after each leg: a full disk shows up as odd failures far from its cause (a CMake
+# "cannot create directory", an abort inside torch.jit.save), so the log says how much was left.
+disk() {
+  echo "== disk after $1: $(df -h --output=avail . | tail -1 | tr -d ' ') free here," \
+    "$(df -h --output=avail "${TMPDIR:-/tmp}" | tail -1 | tr -d ' ') in ${TMPDIR:-/tmp}"
+}
+disk "nothing yet"
 scripts/setup.sh --reference
+disk "set-up"
 status=0
 ctest --test-dir build --output-on-failure -j 2 || status=1
+disk "CTest"
 (cd tests/python && ../../.venv/bin/python -m pytest -q) || status=1
+disk "pytest"
 
 echo "== the model and CLI tests again, limited to AVX2 (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2)"
 (
@@ -42,11 +52,13 @@ torch.ops.mkldnn._linear_pointwise(x, torch.ones(16, 8), torch.ones(16), 'none',
     limited=1
   exit $limited
 ) || status=1
+disk "the AVX2-limited leg"
 
 if [ "${DINOV2_SKIP_SANITIZERS:-0}" != 1 ]; then
   echo "== ASan + UBSan: CTest; then each fuzz target for $FUZZ_RUNS executions; TSan: [threads]"
   scripts/sanitize.sh address || status=1
   scripts/fuzz.sh all --runs "$FUZZ_RUNS" || status=1
   scripts/sanitize.sh thread || status=1
+  disk "the sanitizer legs"
 fi
 exit $status
