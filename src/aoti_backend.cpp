@@ -20,7 +20,7 @@ namespace dinov2::detail {
 
 namespace {
 
-class AotiBackend final : public ModelBackend {
+class AotiBackend final : public ForwardOnlyBackend {
  public:
   /// Reads and checks the package; see load_aoti_package.
   AotiBackend(const std::string& path, const Options& options);
@@ -52,28 +52,12 @@ class AotiBackend final : public ModelBackend {
     return out;
   }
 
-  void require(const char* method) const override { refuse(method); }
-
-  LayerOutputs intermediate_layers(const at::Tensor& /*pixels*/,
-                                   const std::vector<int64_t>& /*blocks*/,
-                                   bool /*norm*/) const override {
-    refuse("intermediate_layers");
-  }
-
-  at::Tensor cls_attention(const at::Tensor& /*pixels*/) const override { refuse("cls_attention"); }
-
  private:
-  [[noreturn]] static void refuse(const char* method) {
-    throw InputError::invalid_argument(
-        fmt::format("dinov2: {} is not compiled into AOTInductor packages (they hold the forward "
-                    "pass only); load the TorchScript (.pt) export of the model for it",
-                    method));
-  }
-
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> package_;
 };
 
-AotiBackend::AotiBackend(const std::string& path, const Options& options) {
+AotiBackend::AotiBackend(const std::string& path, const Options& options)
+    : ForwardOnlyBackend("not compiled into AOTInductor packages") {
   ModelSetup& s = setup_;
   try {
     const auto meta =

@@ -42,7 +42,7 @@ bool has_name(const ov::Output<ov::Node>& port, const std::string& name) {
   return port.get_names().count(name) > 0;
 }
 
-class OpenVinoBackend final : public ModelBackend {
+class OpenVinoBackend final : public ForwardOnlyBackend {
  public:
   OpenVinoBackend(const std::string& path, const Options& options);
 
@@ -77,24 +77,7 @@ class OpenVinoBackend final : public ModelBackend {
     return out;
   }
 
-  void require(const char* method) const override { refuse(method); }
-
-  LayerOutputs intermediate_layers(const at::Tensor& /*pixels*/,
-                                   const std::vector<int64_t>& /*blocks*/,
-                                   bool /*norm*/) const override {
-    refuse("intermediate_layers");
-  }
-
-  at::Tensor cls_attention(const at::Tensor& /*pixels*/) const override { refuse("cls_attention"); }
-
  private:
-  [[noreturn]] static void refuse(const char* method) {
-    throw InputError::invalid_argument(
-        fmt::format("dinov2: {} is not in ONNX exports (they hold the forward pass only); load "
-                    "the TorchScript (.pt) export of the model for it",
-                    method));
-  }
-
   /// `t` (contiguous float32 on the CPU) as an OpenVINO tensor over the same memory.
   static ov::Tensor wrap(const at::Tensor& t) {
     ov::Shape shape(t.sizes().begin(), t.sizes().end());
@@ -172,7 +155,8 @@ class OpenVinoBackend final : public ModelBackend {
   mutable std::map<std::pair<int64_t, int64_t>, at::Tensor> pos_cache_;
 };
 
-OpenVinoBackend::OpenVinoBackend(const std::string& path, const Options& options) {
+OpenVinoBackend::OpenVinoBackend(const std::string& path, const Options& options)
+    : ForwardOnlyBackend("not in ONNX exports") {
   ModelSetup& s = setup_;
   if (options.device != Device::kCPU) {
     throw DeviceError(fmt::format(

@@ -83,6 +83,33 @@ class ModelBackend {
   ModelSetup setup_;
 };
 
+/// A backend that holds the forward pass only (an AOTInductor package, an ONNX export): it
+/// refuses intermediate_layers and cls_attention with an InputError that says where they are.
+class ForwardOnlyBackend : public ModelBackend {
+ public:
+  void require(const char* method) const final { refuse(method); }
+  LayerOutputs intermediate_layers(const at::Tensor& /*pixels*/,
+                                   const std::vector<int64_t>& /*blocks*/,
+                                   bool /*norm*/) const final {
+    refuse("intermediate_layers");
+  }
+  at::Tensor cls_attention(const at::Tensor& /*pixels*/) const final { refuse("cls_attention"); }
+
+ protected:
+  /// `absent` completes "dinov2: <method> is ...", e.g. "in ONNX exports".
+  explicit ForwardOnlyBackend(const char* absent) : absent_(absent) {}
+
+ private:
+  [[noreturn]] void refuse(const char* method) const {
+    throw InputError::invalid_argument(
+        fmt::format("dinov2: {} is {} (they hold the forward pass only); load the TorchScript "
+                    "(.pt) export of the model for it",
+                    method, absent_));
+  }
+
+  const char* absent_;
+};
+
 /// A TorchScript backbone module and its metadata JSON (docs/FORMAT.md), before any checks.
 struct LoadedModule {
   torch::jit::Module module;
